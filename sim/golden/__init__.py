@@ -1,0 +1,17 @@
+"""Bit-exact numpy golden model of the accelerator (docs/numerics.md).
+
+One function per hardware unit (``mac``, ``requant``, ``add``, ``reduce_sum``/``reduce_max``,
+``exp``, ``divide``, ``rsqrt``, ``activation``, ``delta_encode``) and one per operation
+(``matmul``, ``softmax``, ``layernorm``, ...).
+"""
+from .activation import activation, activation_lut, elu1, elu1_lut, gelu_lut, gelu_tanh, relu
+from .delta import delta_encode
+from .divide import divide
+from .exp import EXP_LUT, exp
+from .fixed import INT8, INT9, INT16, INT32, UINT8, clip, round_half_up, rshift_round
+from .layernorm import layernorm, layernorm_constants
+from .mac import MAX_K, mac, matmul, wrap32
+from .reduce import reduce_max, reduce_sum
+from .requant import add, encode_multiplier, requant
+from .rsqrt import RSQRT_LUT, rsqrt
+from .softmax import P_ONE, softmax, softmax_constants
