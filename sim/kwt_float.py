@@ -15,6 +15,9 @@ Structure (verified against the TFLite graph of the authors' release):
 - logits: ``x[:, 0] @ head_w.T + head_b``.
 
 All kernels are stored [out, in], as TFLite's FULLY_CONNECTED keeps them.
+
+Speed: the matrices are small, so multi-threaded BLAS mostly waits on its own threads; on a
+busy machine ``OPENBLAS_NUM_THREADS=1`` runs this 5-10 times faster.
 """
 
 from dataclasses import dataclass
@@ -141,7 +144,8 @@ def kwt_forward(weights: KwtFloatWeights, mfcc: np.ndarray, trace: dict | None =
     mfcc : numpy.ndarray
         Features, shape (98, 40) or (batch, 98, 40).
     trace : dict, optional
-        If given, filled with float64 intermediates, each with a leading batch axis:
+        If given, filled with float64 intermediates, each with a leading batch axis (of
+        length 1 for a single clip):
         ``x0`` (batch, 99, dim) tokens after class token and positional embedding; for each
         layer i, ``l{i}.q``, ``l{i}.k``, ``l{i}.v`` (batch, 99, dim; q already times
         ``attn_scale``), ``l{i}.scores`` and ``l{i}.probs`` (batch, heads, 99, 99),

@@ -14,7 +14,8 @@ The pipeline, as the TFLite graph computes it (constants checked against the mod
 6. an unnormalised DCT-II, ``c_k = sum_m 2 cos(pi k (2m + 1) / 160) / sqrt(160) * x_m``,
    k = 0..39.
 
-Everything is computed in float64.
+The graph then applies a feature normaliser ``(x - 0) * 1``, the identity, which is left out
+here (``sim.tflite_import`` checks it stays the identity). Everything is computed in float64.
 """
 
 from functools import lru_cache
@@ -65,8 +66,7 @@ def mel_weight_matrix() -> np.ndarray:
     falling = (upper - bin_mel) / (upper - center)
     weights = np.maximum(0.0, np.minimum(rising, falling))
     weights[0] = 0.0  # TensorFlow zeroes the DC bin
-    if np.any(weights[NUM_USED_BINS:]):
-        raise AssertionError("mel filters reach above the bins the model keeps")
+    # Bins from 244 (7625 Hz) up lie above the top edge and have zero weight: drop them.
     weights = np.ascontiguousarray(weights[:NUM_USED_BINS])
     weights.flags.writeable = False
     return weights

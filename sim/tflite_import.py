@@ -22,6 +22,7 @@ The ``ai_edge_litert`` package is imported only by the functions that need the i
 import json
 import os
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -66,7 +67,10 @@ def _interpreter(path: Path, preserve_all_tensors: bool = False):
             "(the shared folder is found at <repo>/../shared or $KWS_SHARED)"
         )
     try:
-        interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=preserve_all_tensors)
+        with warnings.catch_warnings():
+            # Keeping all tensors is what we ask for when we read intermediates; no news.
+            warnings.filterwarnings("ignore", message=".*experimental_preserve_all_tensors")
+            interp = Interpreter(model_path=str(path), experimental_preserve_all_tensors=preserve_all_tensors)
         interp.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"{path} is not a valid TFLite model ({exc})") from exc
@@ -97,7 +101,7 @@ class _Tensors:
         hits = self.find(pattern)
         if len(hits) != 1:
             names = [t["name"] for _, t in hits]
-            raise ModelError(f"{self.path}: expected one tensor for {what}, found {len(hits)} {names}")
+            raise self.error(f"expected one tensor for {what}, found {len(hits)} {names}")
         return self.value(hits[0][1], shape)
 
     def constants(self, pattern: re.Pattern) -> list[np.ndarray]:
@@ -263,15 +267,16 @@ class TfliteKwt:
                 f"expected (1, 16000) to (1, {NUM_CLASSES})"
             )
         self._in, self._out = inp["index"], out["index"]
-        self._mfcc_index = None
-        if keep_intermediates:
-            hits = [
-                t for t in self._interp.get_tensor_details()
-                if _MFCC_OUT.search(t["name"]) and tuple(t["shape"])[-2:] == (NUM_FRAMES, NUM_MFCC)
-            ]  # fmt: skip
-            if len(hits) != 1:
-                raise ModelError(f"{self.path}: expected one MFCC (DCT output) tensor, found {len(hits)}")
-            self._mfcc_index = hits[0]["index"]
+        self._keep = keep_intermediates
+        details = self._interp.get_tensor_details()
+        self._index = {t["name"]: t["index"] for t in details}
+        mfcc_names = [
+            t["name"] for t in details
+            if _MFCC_OUT.search(t["name"]) and tuple(t["shape"])[-2:] == (NUM_FRAMES, NUM_MFCC)
+        ]  # fmt: skip
+        if len(mfcc_names) != 1:
+            raise ModelError(f"{self.path}: expected one MFCC (DCT output) tensor, found {len(mfcc_names)}")
+        self._mfcc_name = mfcc_names[0]
 
     def _run(self, clip: np.ndarray) -> None:
         self._interp.set_tensor(self._in, clip.astype(np.float32)[None])
@@ -284,36 +289,53 @@ class TfliteKwt:
         for clip in x.reshape(-1, x.shape[-1]):
             self._run(clip)
             out.append(self._interp.get_tensor(self._out)[0].copy())
-        return out[0] if x.ndim == 1 else np.stack(out).reshape(len(x), NUM_CLASSES)
+        return out[0] if x.ndim == 1 else np.stack(out)
+
+    def tensor(self, name: str) -> np.ndarray:
+        """Return a copy of the named tensor as the last run left it (needs ``keep_intermediates``).
+
+        Raises
+        ------
+        KeyError
+            If the model has no tensor of that name.
+        """
+        if not self._keep:
+            raise ValueError("intermediate tensors need TfliteKwt(..., keep_intermediates=True)")
+        return self._interp.get_tensor(self._index[name]).copy()
 
     def mfcc(self, audio: np.ndarray) -> np.ndarray:
-        """Return the model's internal MFCC tensor (98, 40) of one clip (16000,)."""
-        if self._mfcc_index is None:
-            raise ValueError("TfliteKwt.mfcc needs keep_intermediates=True")
+        """Return the model's internal MFCC tensor (98, 40) of one clip (16000,) (needs ``keep_intermediates``)."""
         x = check_audio(audio)
         if x.ndim != 1:
             raise ValueError("TfliteKwt.mfcc takes one clip of shape (16000,)")
         self._run(x)
-        return self._interp.get_tensor(self._mfcc_index).reshape(NUM_FRAMES, NUM_MFCC).copy()
+        return self.tensor(self._mfcc_name).reshape(NUM_FRAMES, NUM_MFCC)
 
 
 def save_float_npz(weights: KwtFloatWeights, path: str | os.PathLike) -> None:
-    """Write the weights to an uncompressed ``.npz`` file.
+    """Write the weights to a compressed ``.npz`` file (whole file or nothing).
 
     Keys: ``format`` (the string ``"kwt_float_v1"``); ``in_w``, ``in_b``, ``cls``, ``pos``,
     ``head_w``, ``head_b``; per layer i, ``l{i}.wq``, ``l{i}.wk``, ``l{i}.wv``, ``l{i}.wo``,
     ``l{i}.bo``, ``l{i}.ln1_g``, ``l{i}.ln1_b``, ``l{i}.w1``, ``l{i}.b1``, ``l{i}.w2``,
     ``l{i}.b2``, ``l{i}.ln2_g``, ``l{i}.ln2_b``; and 0-d config arrays ``dim``, ``mlp_dim``,
     ``heads``, ``num_layers``, ``attn_scale``, ``eps``. Shapes and meaning as in
-    :class:`sim.kwt_float.KwtFloatWeights`; all arrays float64, kernels [out, in].
+    :class:`sim.kwt_float.KwtFloatWeights`; weight arrays float32 (lossless: the release is
+    float32), kernels [out, in].
     """
     arrays = {"format": np.array(NPZ_FORMAT)}
-    arrays.update({k: getattr(weights, k) for k in _TOP_KEYS})
+    arrays.update({k: np.float32(getattr(weights, k)) for k in _TOP_KEYS})
     for i, layer in enumerate(weights.layers):
-        arrays.update({f"l{i}.{k}": getattr(layer, k) for k in _LAYER_KEYS})
+        arrays.update({f"l{i}.{k}": np.float32(getattr(layer, k)) for k in _LAYER_KEYS})
     arrays.update({k: np.array(getattr(weights, k)) for k in _CONFIG_KEYS})
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_float_npz(path: str | os.PathLike) -> KwtFloatWeights:
@@ -330,7 +352,7 @@ def load_float_npz(path: str | os.PathLike) -> KwtFloatWeights:
         raise ModelError(f"weights file {path} does not exist; expected an .npz written by save_float_npz")
     try:
         with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+            data = {k: z[k].astype(np.float64) if z[k].dtype.kind == "f" else z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path} is not a readable .npz file ({exc})") from exc
     if str(data.get("format", "")) != NPZ_FORMAT:

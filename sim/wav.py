@@ -19,6 +19,7 @@ NUM_SAMPLES = 16000
 
 _WAVE_FORMAT_PCM = 0x0001
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+_MAX_FILE_BYTES = 1 << 20  # the samples take 32,000 bytes; the rest could only be metadata chunks
 
 
 def _check_fmt(path: Path, body: bytes) -> None:
@@ -72,6 +73,9 @@ def read_wav(path: str | os.PathLike) -> np.ndarray:
         what = "is not a regular file" if path.exists() else "does not exist"
         raise InputError(f"{path}: {what}; expected a WAV file")
     try:
+        size = path.stat().st_size
+        if size > _MAX_FILE_BYTES:
+            raise InputError(f"{path}: {size} bytes is far too large for a 1-s 16 kHz 16-bit clip (about 32 kB)")
         raw = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from exc

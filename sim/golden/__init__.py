@@ -14,4 +14,8 @@ from .mac import MAX_K, mac, matmul, wrap32
 from .reduce import reduce_max, reduce_sum
 from .requant import add, encode_multiplier, requant
 from .rsqrt import RSQRT_LUT, rsqrt
-from .softmax import P_ONE, softmax, softmax_constants
+from .softmax import P_ONE, exp_weights, softmax, softmax_constants
+from .attention import attention, linear_attention, mha
+from .encoder import encoder_layer
+from .ffn import ffn
+from .kwt import embed, kwt

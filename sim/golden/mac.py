@@ -27,8 +27,8 @@ def matmul(a, b, c0=None):
 
     Parameters
     ----------
-    a : int array (M, K), int9 range — the A operand (one row per PE).
-    b : int array (K, N), int8 range — the broadcast B operand.
+    a : int array (..., M, K), int9 range — the A operand (one row per PE).
+    b : int array (..., K, N), int8 range — the broadcast B operand.
     c0 : int array broadcastable to (M, N), int32, optional — initial accumulators (bias).
 
     Returns
@@ -37,11 +37,12 @@ def matmul(a, b, c0=None):
     """
     a = check_range(to_int(a, "a"), *INT9, name="a")
     b = check_range(to_int(b, "b"), *INT8, name="b")
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
         raise ValueError(f"matmul shapes do not fit: A {a.shape}, B {b.shape}")
-    if a.shape[1] > MAX_K:
-        raise ValueError(f"K = {a.shape[1]} exceeds the accumulator bound {MAX_K}")
-    c = a @ b
+    if a.shape[-1] > MAX_K:
+        raise ValueError(f"K = {a.shape[-1]} exceeds the accumulator bound {MAX_K}")
+    # Exact through float64 BLAS: |a·b| ≤ 2^15 and K < 2^16 keep every partial sum below 2^53.
+    c = np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
     if c0 is not None:
         c = c + check_range(to_int(c0, "c0"), *INT32, name="c0")
     return wrap32(c)

@@ -1,0 +1,30 @@
+# Two-command set-up (see README): `make demo` installs into .venv and runs the main job,
+# `make test` runs the default test suite. Everything comes from PyPI.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+JOBS ?= 2
+
+.PHONY: demo test test-slow bench install clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,fpga,bench]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m sim.kws predict data/clips/*/*.wav
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -n $(JOBS)
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -n $(JOBS) -m slow
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/units.py
+
+clean:
+	rm -rf build

@@ -1,0 +1,66 @@
+"""Attention operations (docs/numerics.md §14): single-head, multi-head, linear."""
+import numpy as np
+
+from .activation import activation
+from .divide import divide
+from .fixed import INT8, INT32, clip, rshift_round, to_int
+from .mac import matmul
+from .requant import requant
+from .exp import exp
+from .fixed import UINT8
+from .softmax import exp_weights
+
+__all__ = ["attention", "mha", "linear_attention"]
+
+
+def attention(q, k, v, c_e, sh_e, m_a, sh_a, trace=None):
+    """One head: ``softmax(q·kᵀ)·v`` with deferred normalization; q, k, v int8 (..., N, d) → int8.
+
+    The unnormalized weights ``w = exp_weights(S)`` (uint8, the row maximum ≈ 255) multiply V;
+    each output row is divided by ``Σw`` afterwards (one divide per row), then requantized per
+    column. The 1/√d scale is folded into Wq; ``c_e, sh_e`` encode the score scale.
+    """
+    s = matmul(q, np.swapaxes(to_int(k, "k"), -1, -2))
+    w = exp_weights(s, c_e, sh_e)
+    r = divide(np.full(w.shape[:-1], 1 << 32), w.sum(axis=-1))
+    t = rshift_round(matmul(w, v) * r[..., None], 24)       # Σ_j p_j v_j in units of 1/256
+    a = requant(t, m_a, sh_a, *INT8)
+    if trace is not None:
+        trace.setdefault("scores", []).append(s)
+        trace.setdefault("expw", []).append(w)
+    return a
+
+
+def mha(q, k, v, heads, c_e, sh_e, m_a, sh_a, trace=None):
+    """Multi-head attention: heads are column slices of q, k, v (offset h·d, width d)."""
+    dim = q.shape[-1]
+    if heads < 1 or dim % heads:
+        raise ValueError(f"{dim} columns cannot be split into {heads} heads")
+    d = dim // heads
+    m_a, sh_a = np.broadcast_to(m_a, (dim,)), np.broadcast_to(sh_a, (dim,))
+    outs = []
+    for h in range(heads):
+        sl = slice(h * d, (h + 1) * d)
+        outs.append(attention(q[..., sl], k[..., sl], v[..., sl], c_e, sh_e, m_a[sl], sh_a[sl], trace))
+    if trace is not None:
+        for key in ("scores", "expw"):
+            trace[key] = np.stack(trace[key], axis=-3)  # (..., heads, N, N)
+    return np.concatenate(outs, axis=-1)
+
+
+def linear_attention(q, k, v, lut_q, lut_k, m_t, sh_t, m_o, sh_o):
+    """Linear attention φ(Q)(φ(K)ᵀV) / φ(Q)Σφ(K), φ = elu+1 by table; one head, int8 in and out.
+
+    ``m_t, sh_t`` are per-column multipliers of the (d+1)-column ``T = φkᵀ·[v | 1]`` (the last
+    column is Σφk); ``m_o, sh_o`` rescale the quotient to the output scale.
+    """
+    phq = activation(q, lut_q)
+    phk = activation(k, lut_k)
+    v = to_int(v, "v")
+    ones = np.ones(v.shape[:-1] + (1,), dtype=np.int64)
+    t = matmul(np.swapaxes(phk, -1, -2), np.concatenate([v, ones], axis=-1))
+    t8 = requant(t, m_t, sh_t, *INT8)
+    u = matmul(phq, t8)
+    num, den = u[..., :-1], u[..., -1]
+    r = np.where(den > 0, divide(np.full(den.shape, 1 << 32), np.clip(den, 1, INT32[1])), 0)
+    return clip(rshift_round(rshift_round(num * r[..., None], 16) * to_int(m_o, "m_o"), sh_o), *INT8)

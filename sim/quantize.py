@@ -1,0 +1,189 @@
+"""Post-training quantization of a float KWT into the int8 model the accelerator runs.
+
+Scales follow docs/numerics.md §2: weights per output channel (max |w| / 127); activations from
+the maximum |x| seen on calibration clips (int8 sites: max/127; int16 residual sites and logits:
+2·max/32767, since 16 bits leave room for headroom). Where a per-column activation scale costs
+nothing in hardware it is used: the MFCC input and the residual stream x (folded into the next
+matmul's weights; the residual add and LayerNorm constants are per column anyway), V and the
+attention output (folded into the per-column requantization and into Wo).
+"""
+import numpy as np
+
+from .golden import gelu_lut, layernorm_constants, softmax_constants
+from .golden.fixed import INT32, round_half_up
+from .golden.requant import encode_multiplier
+from .kwt_float import KwtFloatWeights, kwt_forward
+from .qmodel import QKwt, QLayer
+
+__all__ = ["calibrate", "quantize_kwt"]
+
+INT16_HEADROOM = 2.0
+
+
+def calibrate(weights, mfcc_batches):
+    """Per-column maximum |x| of every traced float intermediate (and of the MFCC input) over an
+    iterable of MFCC batches; ``amax[k].max()`` is the per-tensor maximum."""
+    amax = {}
+    for mfcc in mfcc_batches:
+        trace = {}
+        kwt_forward(weights, mfcc, trace)
+        trace["mfcc"] = mfcc
+        for k, v in trace.items():
+            v = np.abs(np.asarray(v, dtype=np.float64))
+            m = v.reshape(-1, v.shape[-1]).max(axis=0)
+            amax[k] = np.maximum(amax[k], m) if k in amax else m
+    if not amax:
+        raise ValueError("calibration needs at least one MFCC batch")
+    return amax
+
+
+def _w8(w):
+    """Per-output-channel symmetric int8: (w8, s_w)."""
+    s = np.abs(w).max(axis=1) / 127.0
+    s = np.where(s > 0, s, 1.0)
+    return np.clip(round_half_up(w / s[:, None]), -127, 127), s
+
+
+def _bias32(b, s_acc):
+    return np.clip(round_half_up(b / s_acc), *INT32)
+
+
+def _scale8(a):
+    """Per-tensor int8 scale from a per-column maximum."""
+    return max(float(np.max(a)), 1e-12) / 127.0
+
+
+def _col8(a):
+    """Per-column int8 scales; a column never seen nonzero gets the tensor's scale."""
+    a = np.asarray(a, dtype=np.float64)
+    return np.where(a > 0, a, max(float(a.max()), 1e-12)) / 127.0
+
+
+def _scale16(*a):
+    return INT16_HEADROOM * max(max(float(np.max(x)) for x in a), 1e-12) / 32767.0
+
+
+def quantize_kwt(weights: KwtFloatWeights, amax: dict, labels=None) -> QKwt:
+    """Build the integer model from float ``weights`` and calibration maxima ``amax``."""
+    dim, heads = weights.dim, weights.heads
+    s_in = _col8(amax["mfcc"])
+    scales = {"s_in": s_in.tolist()}
+
+    # Embedding: the per-coefficient input scales are folded into Wp (exact), then Wp is
+    # quantized per output channel; bias, class token and positions share its accumulator scale.
+    ew8, s_ew = _w8(weights.in_w * s_in[None, :])
+    s_x = _col8(amax["x0"])
+    c0 = np.concatenate([(weights.cls + weights.pos[0])[None], weights.in_b[None] + weights.pos[1:]])
+    embed_c0 = _bias32(c0, s_ew[None, :])
+    embed_m, embed_sh = encode_multiplier(s_ew / s_x)
+    scales["x0"] = s_x.tolist()
+
+    layers = []
+    for i, lw in enumerate(weights.layers):
+        p = f"l{i}."
+        # q and k are reduced against each other in q·kᵀ: per-tensor; v per column.
+        s_q, s_k, s_v = _scale8(amax[p + "q"]), _scale8(amax[p + "k"]), _col8(amax[p + "v"])
+        # The input's per-column scale folds into the weights' input columns (exact).
+        wqkv8, s_wqkv = _w8(np.concatenate([lw.wq * weights.attn_scale, lw.wk, lw.wv]) * s_x[None, :])
+        s_out = np.concatenate([np.full(dim, s_q), np.full(dim, s_k), s_v])
+        m_qkv, sh_qkv = encode_multiplier(s_wqkv / s_out)
+        c_e, sh_e = softmax_constants(s_q * s_k)
+        s_a = _col8(amax[p + "attn"])
+        m_a, sh_a = encode_multiplier(s_v / 256.0 / s_a)
+        s_h1 = _scale16(amax[p + "h1"], amax[p + "o"])
+        wo8, s_wo = _w8(lw.wo * s_a[None, :])
+        bo = _bias32(lw.bo, s_wo)
+        m_o, sh_o = encode_multiplier(s_wo / s_h1)
+        m_r1, sh_r1 = encode_multiplier(s_x / s_h1)
+        s_x1 = _col8(amax[p + "x1"])
+        ln1 = layernorm_constants(lw.ln1_g, lw.ln1_b, s_h1, s_x1, weights.eps)
+        s_f = _scale8(amax[p + "ff1"])
+        w18, s_w1 = _w8(lw.w1 * s_x1[None, :])
+        b1 = _bias32(lw.b1, s_w1)
+        m_1, sh_1 = encode_multiplier(s_w1 / s_f)
+        s_g = max(float(np.max(amax[p + "gelu"])), 1e-12) / 255.0
+        lut = gelu_lut(s_f, s_g)
+        s_h2 = _scale16(amax[p + "h2"], amax[p + "ff2"])
+        w28, s_w2 = _w8(lw.w2)
+        b2 = _bias32(lw.b2, s_g * s_w2)
+        m_2, sh_2 = encode_multiplier(s_g * s_w2 / s_h2)
+        m_r2, sh_r2 = encode_multiplier(s_x1 / s_h2)
+        s_x2 = _col8(amax[p + "x2"])
+        ln2 = layernorm_constants(lw.ln2_g, lw.ln2_b, s_h2, s_x2, weights.eps)
+        layers.append(QLayer(
+            wqkv=wqkv8, m_qkv=m_qkv, sh_qkv=sh_qkv, c_e=c_e, sh_e=sh_e, m_a=m_a, sh_a=sh_a,
+            wo=wo8, bo=bo, m_o=m_o, sh_o=sh_o, m_r1=m_r1, sh_r1=sh_r1, ln1=ln1,
+            w1=w18, b1=b1, m_1=m_1, sh_1=sh_1, gelu=lut, w2=w28, b2=b2, m_2=m_2, sh_2=sh_2,
+            m_r2=m_r2, sh_r2=sh_r2, ln2=ln2))
+        scales.update({p + "q": s_q, p + "k": s_k, p + "v": s_v.tolist(), p + "attn": s_a.tolist(),
+                       p + "h1": s_h1, p + "x1": s_x1.tolist(), p + "ff1": s_f, p + "gelu": s_g,
+                       p + "h2": s_h2, p + "x2": s_x2.tolist()})
+        s_x = s_x2
+
+    hw8, s_hw = _w8(weights.head_w * s_x[None, :])
+    s_logit = _scale16(amax["logits"])
+    head_b = _bias32(weights.head_b, s_hw)
+    head_m, head_sh = encode_multiplier(s_hw / s_logit)
+    scales["logits"] = s_logit
+    config = {"dim": dim, "mlp_dim": weights.mlp_dim, "heads": heads, "num_layers": weights.num_layers,
+              "tokens": weights.pos.shape[0], "classes": weights.head_w.shape[0],
+              "labels": list(labels) if labels is not None else None}
+    return QKwt(config=config, s_in=s_in, embed_w=ew8, embed_c0=embed_c0, embed_m=embed_m,
+                embed_sh=embed_sh, layers=layers, head_w=hw8, head_b=head_b, head_m=head_m,
+                head_sh=head_sh, scales=scales)
+
+
+def calibration_clips(directory, n, seed=0):
+    """A deterministic, class-balanced choice of ``n`` clips of a speech_commands-like folder."""
+    from .wav import list_dataset
+    items = list_dataset(directory)
+    rng = np.random.default_rng(seed)
+    by_label = {}
+    for path, label in items:
+        by_label.setdefault(label, []).append(path)
+    chosen = []
+    for label in sorted(by_label):
+        paths = by_label[label]
+        k = min(len(paths), -(-n // len(by_label)))
+        chosen += [(paths[i], label) for i in sorted(rng.choice(len(paths), k, replace=False))]
+    return chosen[:n] if len(chosen) > n else chosen
+
+
+def main(argv=None):
+    import argparse
+
+    from tqdm import tqdm
+
+    from .errors import KwsError
+    from .mfcc import mfcc
+    from .paths import labels, speech_commands_dir
+    from .qmodel import save_qmodel
+    from .tflite_import import read_kwt_weights
+    from .wav import read_wav
+
+    ap = argparse.ArgumentParser(prog="python -m sim.quantize", description=(
+        "Post-training int8 quantization of the float KWT-1 (TFLite release) into the model file "
+        "the accelerator runs (docs/model_format.md)."))
+    ap.add_argument("--tflite", default=None, help="float model (default: ../shared/models/kwt1/non_stream.tflite)")
+    ap.add_argument("--calib-dir", default=None, help="speech_commands-like folder of calibration clips "
+                    "(default: ../shared/data/speech_commands)")
+    ap.add_argument("--calib-n", type=int, default=384, help="number of calibration clips, class-balanced (default 384)")
+    ap.add_argument("--out", default="data/kwt1_int8.npz", help="output model file (default data/kwt1_int8.npz)")
+    args = ap.parse_args(argv)
+    try:
+        if args.calib_n < 1:
+            raise KwsError("--calib-n must be at least 1")
+        weights = read_kwt_weights(args.tflite)
+        clips = calibration_clips(args.calib_dir or speech_commands_dir(), args.calib_n)
+        feats = np.stack([mfcc(read_wav(p)) for p, _ in tqdm(clips, desc="calibration MFCC", unit="clip")])
+        batches = [feats[i:i + 64] for i in range(0, len(feats), 64)]
+        amax = calibrate(weights, tqdm(batches, desc="calibration", unit="batch"))
+        model = quantize_kwt(weights, amax, labels())
+        model.scales["calibration"] = sorted(f"{lab}/{p.name}" for p, lab in clips)
+        print(save_qmodel(model, args.out))
+    except (KwsError, OSError) as e:
+        ap.exit(2, f"error: {e}\n")
+
+
+if __name__ == "__main__":
+    main()
