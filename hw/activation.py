@@ -11,7 +11,6 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .params import check_int
-from .pipeline import pipeline_control
 
 __all__ = ["Activation"]
 
@@ -48,13 +47,15 @@ class Activation(wiring.Component):
         ``lut`` array) and ``data`` (``signed(9)``). ``ready`` is always 1: one entry per cycle,
         written whenever ``valid``, independent of ``i``/``o`` and of stalls.
 
-    Reload semantics: a lookup reads the table in the cycle its beat is accepted on ``i``. It
-    sees every write accepted on ``load`` in an earlier cycle and none accepted in the same or
-    a later cycle, so a table can be swapped mid-stream at an exact beat boundary; beats already
-    accepted keep the old entries even while stalled.
+    Reload semantics: a write has priority; ``i.ready`` is low in every cycle with
+    ``load.valid``, so no lookup shares a cycle with a write. A lookup reads the table in the
+    cycle its beat is accepted on ``i`` and sees exactly the writes of earlier cycles: a table
+    can be swapped mid-stream at an exact beat boundary, and beats already accepted keep the old
+    entries even while stalled. A full reload takes 256 cycles (lookups pause meanwhile).
 
-    Latency :attr:`LATENCY` cycles (table read, output register); back-pressure on ``o`` stalls
-    the whole pipeline.
+    Latency :attr:`LATENCY` cycles (table read, output register); one beat per cycle while no
+    write is in progress; back-pressure on ``o`` stalls the whole pipeline (``i.ready`` follows
+    ``o.ready`` and ``load.valid`` combinationally).
     """
     LATENCY = 2
 
@@ -75,9 +76,22 @@ class Activation(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        ce = pipeline_control(m, self.i, self.o, self.LATENCY)
+        ce = Signal()
+        m.d.comb += ce.eq(~self.o.valid | self.o.ready)
+        # A table write blocks lookups for that cycle, so a read never meets a write of the same
+        # cycle: block RAMs need no collision logic (no_rw_check) and the order is exact.
+        accept = Signal()
+        m.d.comb += [self.i.ready.eq(ce & ~self.load.valid), accept.eq(self.i.valid & self.i.ready)]
+        valid = Signal(self.LATENCY)
+        m.d.comb += self.o.valid.eq(valid[-1])
+        with m.If(ce):
+            m.d.sync += valid.eq((valid << 1) | accept)
 
-        m.submodules.lut = lut = Memory(shape=signed(9), depth=256, init=self._init)
+        # no_rw_check: a read never meets a write (see above), so synthesis needs no collision
+        # logic. Yosys honours it when it folds the read register into the port itself, hence
+        # asynchronous read ports followed by an explicit register (same timing as a sync port).
+        m.submodules.lut = lut = Memory(shape=signed(9), depth=256, init=self._init,
+                                        attrs={"no_rw_check": 1})
         wr = lut.write_port()
         m.d.comb += [
             wr.addr.eq(self.load.payload.addr),
@@ -85,14 +99,14 @@ class Activation(wiring.Component):
             wr.en.eq(self.load.valid),
             self.load.ready.eq(1),
         ]
-        # The output register has no reset: a reset would put a LUT between the table and it.
+        # Registers without reset: a reset would put a LUT between the table and them.
         y = Signal(self.o.payload.shape(), reset_less=True)
         m.d.comb += self.o.payload.eq(y)
         for k in range(self._lanes):
-            # Not transparent: a lookup sees only writes from earlier cycles (documented above).
-            rd = lut.read_port(domain="sync")
+            rd = lut.read_port(domain="comb")
+            r1 = Signal(signed(9), name=f"r1_{k}", reset_less=True)
             # Index x + 128 of an int8 is x with its sign bit flipped.
-            m.d.comb += [rd.addr.eq(self.i.payload[k].as_unsigned() ^ 0x80), rd.en.eq(ce)]
+            m.d.comb += rd.addr.eq(self.i.payload[k].as_unsigned() ^ 0x80)
             with m.If(ce):
-                m.d.sync += y[k].eq(rd.data)
+                m.d.sync += [r1.eq(rd.data), y[k].eq(r1)]
         return m

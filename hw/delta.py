@@ -2,13 +2,12 @@
 
 Golden model: :func:`sim.golden.delta_encode` (docs/numerics.md §13).
 """
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .params import check_int
-from .pipeline import pipeline_control
 
 __all__ = ["DeltaEncoder"]
 
@@ -38,8 +37,9 @@ class DeltaEncoder(wiring.Component):
     i : In(stream.Signature(StructLayout))
         ``data``: ``ArrayLayout(signed(8), lanes)``, X; ``index``: group number (< groups);
         ``first``: 1 for every beat of token 0 of a sequence (passes X and initializes X̂).
-        Groups may come in any order within a token, and the same group may follow itself
-        back to back (a read-after-write bypass keeps X̂ exact).
+        Groups may come in any order within a token. ``i.ready`` also drops while the beat's
+        group is still in stages 1–3 of the pipeline (read-after-write interlock, a
+        combinational function of ``index``).
     theta : In(unsigned(8))
         θ, sampled on every accepted beat with ``first = 1`` and held for the later tokens of
         the sequence; hold it steady while token 0 is being sent. Beats already in flight keep
@@ -52,9 +52,13 @@ class DeltaEncoder(wiring.Component):
     X̂ has no reset (it is a memory): a sequence must start with its ``first`` token. The
     memory starts at zero in simulation.
 
-    Latency :attr:`LATENCY` cycles, one beat per cycle; back-pressure on ``o`` stalls the whole
-    pipeline. No compressed (index, value) output: the ``mask`` form keeps one output beat per
-    input beat, which the array consumes as a per-lane enable.
+    Latency :attr:`LATENCY` cycles. Throughput one beat per cycle whenever a group does not
+    recur within the three beats before it — always the case when a token's groups are sent in
+    order and ``groups ≥ 4`` (KWT-1: 64 features, ``lanes ≤ 16``); otherwise the interlock
+    inserts idle cycles (a single group, ``features ≤ lanes``, runs at one beat per four
+    cycles). Back-pressure on ``o`` stalls the whole pipeline. No compressed (index, value)
+    output: the ``mask`` form keeps one output beat per input beat, which the array consumes as
+    a per-lane enable.
     """
     LATENCY = 3
 
@@ -84,64 +88,96 @@ class DeltaEncoder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        ce = pipeline_control(m, self.i, self.o, self.LATENCY)
         L = self._lanes
         row = data.ArrayLayout(signed(8), L)
         idx_shape = self.i.payload.index.shape()
+        i, o = self.i, self.o
 
-        # Depth ≥ 2 keeps the address at least one bit wide (a 1-group memory would have none).
-        m.submodules.xhat = mem = Memory(shape=row, depth=max(2, self._groups), init=[])
+        # Stall-all control plus a read-after-write interlock: X̂ of a group is read when its beat
+        # is accepted and written back from stage 3 (a registered write keeps the block-RAM data
+        # input off the decision path), so a beat whose group is still in stages 1–3 waits. No
+        # bypass logic sits in the decision path.
+        ce = Signal()
+        hazard = Signal()
+        accept = Signal()
+        v1 = Signal()
+        v2 = Signal()
+        v3 = Signal()
+        idx1 = Signal(idx_shape, reset_less=True)
+        idx2 = Signal(idx_shape, reset_less=True)
+        idx3 = Signal(idx_shape, reset_less=True)
+        m.d.comb += [
+            ce.eq(~o.valid | o.ready),
+            hazard.eq((v1 & (idx1 == i.payload.index)) | (v2 & (idx2 == i.payload.index)) |
+                      (v3 & (idx3 == i.payload.index))),
+            i.ready.eq(ce & ~hazard),
+            accept.eq(i.valid & i.ready),
+            o.valid.eq(v3),
+        ]
+        with m.If(ce):
+            m.d.sync += [v1.eq(accept), v2.eq(v1), v3.eq(v2)]
+
+        # No read ever meets a write of the same group (interlock), so synthesis needs no
+        # collision logic (no_rw_check; honoured when yosys folds the register into the read
+        # port). Depth ≥ 2 keeps the address at least one bit wide.
+        m.submodules.xhat = mem = Memory(shape=row, depth=max(2, self._groups), init=[],
+                                         attrs={"no_rw_check": 1})
         wr = mem.write_port()
-        # Transparent: a beat read in the same cycle as the write of the beat two ahead sees it.
-        rd = mem.read_port(domain="sync", transparent_for=(wr,))
+        rd = mem.read_port(domain="comb")
 
-        # Stage 1: X̂ read (in the memory's read register) beside the beat; each beat carries
-        # its own θ so that a new sequence never changes the θ of beats still in flight.
+        # Stage 1: X̂ (read register) beside the beat. Each beat carries its own θ so that a new
+        # sequence never changes the θ of beats still in flight.
         theta_held = Signal(8)
-        x1, idx1, first1, th1, v1 = Signal(row), Signal(idx_shape), Signal(), Signal(8), Signal()
-        m.d.comb += [rd.addr.eq(self.i.payload.index), rd.en.eq(ce)]
+        xh1 = Signal(row, reset_less=True)
+        x1 = Signal(row, reset_less=True)
+        first1 = Signal(reset_less=True)
+        th1 = Signal(8, reset_less=True)
+        m.d.comb += rd.addr.eq(i.payload.index)
         with m.If(ce):
             m.d.sync += [
-                x1.eq(self.i.payload.data), idx1.eq(self.i.payload.index),
-                first1.eq(self.i.payload.first), v1.eq(self.i.valid),
-                th1.eq(Mux(self.i.payload.first, self.theta, theta_held)),
+                xh1.eq(rd.data), x1.eq(i.payload.data), idx1.eq(i.payload.index),
+                first1.eq(i.payload.first), th1.eq(Mux(i.payload.first, self.theta, theta_held)),
             ]
-            with m.If(self.i.valid & self.i.payload.first):
+            with m.If(accept & i.payload.first):
                 m.d.sync += theta_held.eq(self.theta)
 
-        # Stage 2: the beat one ahead (now in stage 2) writes X̂ after this beat's read, so
-        # mark a bypass from its result when both address the same group.
-        x2, idx2, first2, th2, v2 = Signal(row), Signal(idx_shape), Signal(), Signal(8), Signal()
-        xr2, fwd2 = Signal(row), Signal()
+        # Stage 2 registers: |X − X̂| > θ  ⇔  X̂ ≤ lo = X − θ − 1  or  X̂ > hi = X + θ, so the
+        # bounds are computed here, away from X̂, and stage 2 only compares.
+        xh2 = Signal(row, reset_less=True)
+        x2 = Signal(row, reset_less=True)
+        first2 = Signal(reset_less=True)
+        lo2 = Signal(data.ArrayLayout(signed(10), L), reset_less=True)
+        hi2 = Signal(data.ArrayLayout(signed(10), L), reset_less=True)
         with m.If(ce):
-            m.d.sync += [
-                x2.eq(x1), idx2.eq(idx1), first2.eq(first1), th2.eq(th1), v2.eq(v1),
-                xr2.eq(rd.data), fwd2.eq(v2 & (idx2 == idx1)),
-            ]
+            m.d.sync += [xh2.eq(xh1), x2.eq(x1), idx2.eq(idx1), first2.eq(first1)]
+            for k in range(L):
+                m.d.sync += [lo2[k].eq(x1[k] - th1 - 1), hi2[k].eq(x1[k] + th1)]
 
-        # Stage 3 (output register): decide per lane and write X̂ back.
-        new3 = Signal(row)
-        xh = Signal(row)
+        # Stage 2: decide per lane. Stage 3 is the output register and writes X̂ back (while a
+        # beat waits there it rewrites the same value, which is harmless).
         new = Signal(row)
-        delta = Signal(data.ArrayLayout(signed(9), L))
-        mask = Signal(L)
-        m.d.comb += xh.eq(Mux(fwd2, new3, xr2))
+        new3 = Signal(row, reset_less=True)
+        delta = Signal(data.ArrayLayout(signed(9), L), reset_less=True)
+        mask = Signal(L, reset_less=True)
+        first3 = Signal(reset_less=True)
         for k in range(L):
-            d = Signal(signed(9), name=f"d{k}")
             send = Signal(name=f"send{k}")
+            # Comparisons as subtraction signs: one carry chain each.
             m.d.comb += [
-                d.eq(x2[k] - xh[k]),
-                send.eq(abs(d) > th2),
-                new[k].eq(Mux(first2 | send, x2[k], xh[k])),
-                delta[k].eq(Mux(first2, x2[k], Mux(send, d, 0))),
-                # |d| > θ ≥ 0 implies d ≠ 0, so only token 0 needs the zero test.
-                mask[k].eq(Mux(first2, x2[k] != 0, send)),
+                send.eq(~(lo2[k] - xh2[k])[-1] | (hi2[k] - xh2[k])[-1]),
+                new[k].eq(Mux(first2 | send, x2[k], xh2[k])),
             ]
-        m.d.comb += [wr.addr.eq(idx2), wr.data.eq(new), wr.en.eq(ce & v2)]
+            with m.If(ce):
+                m.d.sync += [
+                    delta[k].eq(Mux(first2, x2[k], Mux(send, x2[k] - xh2[k], 0))),
+                    # |d| > θ ≥ 0 implies d ≠ 0, so only token 0 needs the zero test.
+                    mask[k].eq(Mux(first2, x2[k] != 0, send)),
+                ]
         with m.If(ce):
-            m.d.sync += [
-                new3.eq(new),
-                self.o.payload.delta.eq(delta), self.o.payload.mask.eq(mask),
-                self.o.payload.index.eq(idx2), self.o.payload.first.eq(first2),
-            ]
+            m.d.sync += [new3.eq(new), idx3.eq(idx2), first3.eq(first2)]
+        m.d.comb += [
+            wr.addr.eq(idx3), wr.data.eq(new3), wr.en.eq(v3),
+            o.payload.delta.eq(delta), o.payload.mask.eq(mask),
+            o.payload.index.eq(idx3), o.payload.first.eq(first3),
+        ]
         return m

@@ -28,9 +28,11 @@ class Reduce(wiring.Component):
 
     A beat carries ``lanes`` values, a lane mask, the operation and a ``last`` flag. The beats up
     to and including one with ``last = 1`` form a row; the unit emits one result per row (a row
-    of one beat has ``last = 1`` on it). Each beat goes through a binary tree (pairs per level,
-    an odd value passes to the next level unchanged, so any ``lanes ≥ 1`` works; depth
-    ``ceil(log2(lanes))``), then a row accumulator folds the beat's result into the row.
+    of one beat has ``last = 1`` on it). Example: a row of 99 scores with ``lanes = 16`` is 7
+    beats, masks ``0xFFFF`` six times then ``0x0007``, ``last`` on the seventh. Each beat goes
+    through a binary tree (pairs per level, an odd value passes to the next level unchanged, so
+    any ``lanes ≥ 1`` works; depth ``ceil(log2(lanes))``), then a row accumulator folds the
+    beat's result into the row.
 
     Parameters (keyword-only, read-only properties)
     ----------
@@ -56,12 +58,14 @@ class Reduce(wiring.Component):
     as the identity, so inside a row it is harmless, and a row of only empty beats yields 0
     (``SUM``) or −2^(width−1) (``MAX``).
 
-    Composition across PEs: each PE's ``Reduce`` produces its row partial; a second ``Reduce``
-    with ``lanes = P``, ``width`` = the first level's :attr:`out_width` and ``max_row = P``
-    takes the P partials as the lanes of one beat (``last = 1``, the mask selects the PEs that
-    hold part of the row) and returns the whole row's sum or maximum. Its accumulator can also
-    fold several such beats (``last = 0``) when the partials arrive in groups. The partials of
-    lockstep PEs arrive together, so the join is an AND of the P ``o.valid``.
+    Composition across PEs: each PE's ``Reduce`` produces its row partial (a PE whose lanes were
+    all masked yields the identity). A second ``Reduce`` with ``lanes = P``, ``width`` = the
+    first level's :attr:`out_width` and ``max_row`` = the number of partials per row takes the
+    P partials as the lanes of one beat (``last = 1``; mask all ones, or just the PEs that hold
+    part of the row) and returns the whole row's sum or maximum. The partials of lockstep PEs
+    arrive together, so the join is an AND of the P ``o.valid``. Partials that arrive one at a
+    time instead (a chain) go into a ``lanes = 1`` instance, one beat each, ``last`` on the
+    final one. Either way the result equals the golden reduction of the whole row.
 
     Latency: :attr:`latency` = ``ceil(log2(lanes)) + 1`` cycles from accepting a row's last beat
     to its result on ``o``; throughput one beat per cycle. Back-pressure on ``o`` stalls the

@@ -1,4 +1,4 @@
-"""Rsqrt unit: ``R·2^(−23−p) ≈ 1/√v`` by an even normalization shift and a 768-entry table.
+"""Rsqrt unit: ``R·2^(−22−p) ≈ 1/√v`` by an even normalization shift and a 768-entry table.
 
 Golden model: :func:`sim.golden.rsqrt` (docs/numerics.md §11).
 """
@@ -12,7 +12,7 @@ from .pipeline import pipeline_control
 
 __all__ = ["Rsqrt", "RsqrtOut"]
 
-RsqrtOut = data.StructLayout({"r": unsigned(16), "p": signed(6)})
+RsqrtOut = data.StructLayout({"r": unsigned(15), "p": signed(6)})
 
 
 class Rsqrt(wiring.Component):
@@ -23,8 +23,8 @@ class Rsqrt(wiring.Component):
     i : In(stream.Signature(unsigned(48)))
         ``v`` (uint48); 0 is treated as 1.
     o : Out(stream.Signature(RsqrtOut))
-        ``r``: the mantissa ``R`` (uint16), ``p``: the exponent (signed, −7…16), with
-        ``R·2**(−23−p) ≈ 1/√max(v, 1)``.
+        ``r``: the mantissa ``R`` (uint15), ``p``: the exponent (signed, −7…16), with
+        ``R·2**(−22−p) ≈ 1/√max(v, 1)``.
 
     Latency is :attr:`LATENCY` = 5 cycles from an accepted input to its valid output;
     back-pressure on ``o`` stalls the whole pipeline.
@@ -49,7 +49,7 @@ class Rsqrt(wiring.Component):
         m = Module()
         ce = pipeline_control(m, self.i, self.o, self.LATENCY)
 
-        m.submodules.lut = lut = Memory(shape=unsigned(16), depth=len(RSQRT_LUT),
+        m.submodules.lut = lut = Memory(shape=unsigned(15), depth=len(RSQRT_LUT),
                                         init=[int(x) for x in RSQRT_LUT])
         rd = lut.read_port(domain="sync")
         v = self.i.payload

@@ -70,14 +70,14 @@ class QKwt:
     scales: dict = field(default_factory=dict)   # float scale of every named tensor
 
     def quantize_input(self, mfcc):
-        """Host side: float MFCC (..., 98, 40) → int8 with the per-coefficient scales."""
+        """Host side: float MFCC (..., 98, 40) → int9 (an A operand) with the per-coefficient scales."""
         from .golden.fixed import round_half_up
         mfcc = np.asarray(mfcc, dtype=np.float64)
         if mfcc.shape[-2:] != (self.config["tokens"] - 1, self.s_in.shape[0]):
             raise ValueError(f"MFCC must be (..., {self.config['tokens'] - 1}, {self.s_in.shape[0]}), got {mfcc.shape}")
         if not np.all(np.isfinite(mfcc)):
             raise ValueError("MFCC contains NaN or infinity")
-        return np.clip(round_half_up(mfcc / self.s_in), -128, 127)
+        return np.clip(round_half_up(mfcc / self.s_in), -256, 255)
 
 
 _LAYER_SCALARS = {"c_e", "sh_e"}

@@ -48,15 +48,22 @@ def _bias32(b, s_acc):
     return np.clip(round_half_up(b / s_acc), *INT32)
 
 
-def _scale8(a):
-    """Per-tensor int8 scale from a per-column maximum."""
-    return max(float(np.max(a)), 1e-12) / 127.0
+def _scale8(a, qmax=127.0):
+    """Per-tensor scale from a per-column maximum (int8; ``qmax=255`` for int9)."""
+    return max(float(np.max(a)), 1e-12) / qmax
 
 
-def _col8(a):
-    """Per-column int8 scales; a column never seen nonzero gets the tensor's scale."""
+def _col8(a, qmax=127.0):
+    """Per-column scales; a column never seen nonzero gets the tensor's scale."""
     a = np.asarray(a, dtype=np.float64)
-    return np.where(a > 0, a, max(float(a.max()), 1e-12)) / 127.0
+    return np.where(a > 0, a, max(float(a.max()), 1e-12)) / qmax
+
+
+def _qk_balance(amax_q, amax_k):
+    """Per-column α with q·kᵀ = (q·α)(k/α)ᵀ that equalizes the columns' ranges (exact in float;
+    both sides are quantized per tensor, so balanced columns lose less)."""
+    a = np.sqrt(np.maximum(amax_k, 1e-12) / np.maximum(amax_q, 1e-12))
+    return a / np.exp(np.mean(np.log(a)))
 
 
 def _scale16(*a):
@@ -66,13 +73,13 @@ def _scale16(*a):
 def quantize_kwt(weights: KwtFloatWeights, amax: dict, labels=None) -> QKwt:
     """Build the integer model from float ``weights`` and calibration maxima ``amax``."""
     dim, heads = weights.dim, weights.heads
-    s_in = _col8(amax["mfcc"])
+    s_in = _col8(amax["mfcc"], 255.0)
     scales = {"s_in": s_in.tolist()}
 
     # Embedding: the per-coefficient input scales are folded into Wp (exact), then Wp is
     # quantized per output channel; bias, class token and positions share its accumulator scale.
     ew8, s_ew = _w8(weights.in_w * s_in[None, :])
-    s_x = _col8(amax["x0"])
+    s_x = _col8(amax["x0"], 255.0)
     c0 = np.concatenate([(weights.cls + weights.pos[0])[None], weights.in_b[None] + weights.pos[1:]])
     embed_c0 = _bias32(c0, s_ew[None, :])
     embed_m, embed_sh = encode_multiplier(s_ew / s_x)
@@ -82,20 +89,24 @@ def quantize_kwt(weights: KwtFloatWeights, amax: dict, labels=None) -> QKwt:
     for i, lw in enumerate(weights.layers):
         p = f"l{i}."
         # q and k are reduced against each other in q·kᵀ: per-tensor; v per column.
-        s_q, s_k, s_v = _scale8(amax[p + "q"]), _scale8(amax[p + "k"]), _col8(amax[p + "v"])
+        # q (an A operand) is int9, k and v (B operands) int8; α balances q against k per column.
+        alpha = _qk_balance(amax[p + "q"], amax[p + "k"])
+        s_q, s_k = _scale8(amax[p + "q"] * alpha, 255.0), _scale8(amax[p + "k"] / alpha)
+        s_v = _col8(amax[p + "v"])
         # The input's per-column scale folds into the weights' input columns (exact).
-        wqkv8, s_wqkv = _w8(np.concatenate([lw.wq * weights.attn_scale, lw.wk, lw.wv]) * s_x[None, :])
+        wq = lw.wq * weights.attn_scale * alpha[:, None]
+        wqkv8, s_wqkv = _w8(np.concatenate([wq, lw.wk / alpha[:, None], lw.wv]) * s_x[None, :])
         s_out = np.concatenate([np.full(dim, s_q), np.full(dim, s_k), s_v])
         m_qkv, sh_qkv = encode_multiplier(s_wqkv / s_out)
         c_e, sh_e = softmax_constants(s_q * s_k)
-        s_a = _col8(amax[p + "attn"])
+        s_a = _col8(amax[p + "attn"], 255.0)
         m_a, sh_a = encode_multiplier(s_v / 256.0 / s_a)
         s_h1 = _scale16(amax[p + "h1"], amax[p + "o"])
         wo8, s_wo = _w8(lw.wo * s_a[None, :])
         bo = _bias32(lw.bo, s_wo)
         m_o, sh_o = encode_multiplier(s_wo / s_h1)
         m_r1, sh_r1 = encode_multiplier(s_x / s_h1)
-        s_x1 = _col8(amax[p + "x1"])
+        s_x1 = _col8(amax[p + "x1"], 255.0)
         ln1 = layernorm_constants(lw.ln1_g, lw.ln1_b, s_h1, s_x1, weights.eps)
         s_f = _scale8(amax[p + "ff1"])
         w18, s_w1 = _w8(lw.w1 * s_x1[None, :])
@@ -108,7 +119,7 @@ def quantize_kwt(weights: KwtFloatWeights, amax: dict, labels=None) -> QKwt:
         b2 = _bias32(lw.b2, s_g * s_w2)
         m_2, sh_2 = encode_multiplier(s_g * s_w2 / s_h2)
         m_r2, sh_r2 = encode_multiplier(s_x1 / s_h2)
-        s_x2 = _col8(amax[p + "x2"])
+        s_x2 = _col8(amax[p + "x2"], 255.0)
         ln2 = layernorm_constants(lw.ln2_g, lw.ln2_b, s_h2, s_x2, weights.eps)
         layers.append(QLayer(
             wqkv=wqkv8, m_qkv=m_qkv, sh_qkv=sh_qkv, c_e=c_e, sh_e=sh_e, m_a=m_a, sh_a=sh_a,

@@ -10,9 +10,9 @@ async def rsqrt_matches_golden(dut):
     vec = load_vectors()
     await start(dut)
     out = await stream_run(dut, vec["v"], stall=0.2, seed=7)
-    # Payload layout (LSB first): r[16], p[6] (signed).
-    r = np.array([w & 0xFFFF for w in out], dtype=np.int64)
-    p = np.array([to_signed(w >> 16, 6) for w in out], dtype=np.int64)
+    # Payload layout (LSB first): r[15], p[6] (signed).
+    r = np.array([w & 0x7FFF for w in out], dtype=np.int64)
+    p = np.array([to_signed(w >> 15, 6) for w in out], dtype=np.int64)
     save_results(r=r, p=p)
     bad = np.nonzero((r != vec["r"]) | (p != vec["p"]))[0]
     assert bad.size == 0, (f"{bad.size} mismatches, first v={vec['v'][bad[0]]}: "

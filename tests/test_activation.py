@@ -80,9 +80,10 @@ def test_activation_exhaustive_elu1_loaded():
 
 @pytest.mark.parametrize("write_rate", [0.1, 0.9])
 def test_activation_reload_mid_stream(write_rate):
-    # Cycle-exact model of the documented semantics: a beat accepted in cycle c reads the table
-    # as written by load beats of cycles < c. Random writes, random input gaps and output stalls;
-    # every 300 cycles a whole-table swap (GELU ↔ elu+1) runs under the stream.
+    # Cycle-exact model of the documented semantics: writes block lookups in their cycle, and a
+    # beat accepted in cycle c reads the table as written by load beats of cycles < c. Random
+    # writes, random input gaps and output stalls; every 300 cycles a whole-table swap
+    # (GELU ↔ elu+1) runs under the stream.
     lanes = 4
     gelu, _ = gelu_table(0.05)
     elu, _ = elu1_table(0.05)
@@ -114,6 +115,7 @@ def test_activation_reload_mid_stream(write_rate):
                 ctx.set(dut.load.payload, {"addr": write[0], "data": int(write[1])})
             *_, ready = await ctx.tick().sample(dut.i.ready)
             if pending is not None and ready:
+                assert write is None, "a lookup was accepted in a table-write cycle"
                 expected.append([table[v + 128] for v in pending])
                 pending = None
             if write is not None:
@@ -134,7 +136,7 @@ def test_activation_reload_mid_stream(write_rate):
     sim.add_testbench(driver)
     sim.add_testbench(consumer)
     sim.run_until(1e-6 * (n_cycles * 3 + 100))
-    assert state["done"] and len(expected) > 1500
+    assert state["done"] and len(expected) > 100
     assert outputs == expected
 
 
@@ -197,3 +199,34 @@ def test_activation_cocotb(simulator):
     y = np.stack([activation(xs, t) for xs, t in zip(x, tables)])
     run_cocotb(Activation(lanes=lanes), "activation", "tb.test_activation", simulator=simulator,
                vectors={"tables": tables, "x": x, "y": y, "lanes": np.array(lanes)})
+
+
+def test_activation_throughput():
+    # Without back-pressure or table writes, one beat per cycle.
+    dut = Activation(lanes=4, init=list(range(-128, 128)))
+    x = np.random.default_rng(5).integers(-128, 128, 4 * 300)
+    beats = _beats(x, 4)
+    accepted, outputs = [], []
+
+    async def producer(ctx):
+        ctx.set(dut.i.valid, 1)
+        for beat in beats:
+            ctx.set(dut.i.payload, beat)
+            *_, ready = await ctx.tick().sample(dut.i.ready)
+            accepted.append(bool(ready))
+        ctx.set(dut.i.valid, 0)
+
+    async def consumer(ctx):
+        ctx.set(dut.o.ready, 1)
+        while len(outputs) < len(beats):
+            *_, valid, y = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            if valid:
+                outputs.append([int(v) for v in y])
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    assert all(accepted)
+    np.testing.assert_array_equal(np.concatenate(outputs), x)

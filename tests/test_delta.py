@@ -24,7 +24,8 @@ class WithTheta(wiring.Component):
     def __init__(self, dut):
         self.dut = dut
         super().__init__({
-            "i": In(stream.Signature(data.StructLayout({"beat": dut.i.payload.shape(), "theta": unsigned(8)}))),
+            "i": In(stream.Signature(data.StructLayout({"beat": dut.i.payload.shape(),
+                                                        "theta": unsigned(8)}))),
             "o": Out(stream.Signature(dut.o.payload.shape())),
         })
 
@@ -153,8 +154,8 @@ def test_delta_all_equal_tokens():
 @pytest.mark.parametrize("features,lanes,stall", [(4, 4, 0.0), (4, 4, 0.5), (16, 8, 0.0), (3, 1, 0.0),
                                                   (37, 4, 0.3)])
 def test_delta_read_after_write(features, lanes, stall):
-    # Few groups: the same group returns one or two beats later, while its X̂ write is still in
-    # the pipeline (bypass and transparent read). 37 = 9·4 + 1 exercises a padded last group.
+    # Few groups: the same group returns one to three beats later, while its X̂ write is still
+    # in the pipeline (the interlock must hold it back). 37 = 9·4 + 1 has a padded last group.
     beats, expected, _ = random_sequences(features + lanes, 10, lanes=lanes, max_t=60, max_d=features,
                                           kinds=("walk", "uniform"))
     assert run_delta(DeltaEncoder(features=features, lanes=lanes), beats, seed=lanes, stall=stall) == expected
@@ -171,11 +172,12 @@ def test_delta_latency_and_theta_port():
             ctx.set(dut.i.payload, payload)
             ctx.set(dut.theta, theta)
             ctx.set(dut.i.valid, 1)
-            await ctx.tick()
+            await ctx.tick().until(dut.i.ready)      # the group-0 interlock may hold it back
             ctx.set(dut.i.valid, 0)
             for cycle in range(1, 10):
                 if ctx.get(dut.o.valid):
-                    seen.append((cycle, [int(v) for v in ctx.get(dut.o.payload.delta)], ctx.get(dut.o.payload.mask)))
+                    delta = [int(v) for v in ctx.get(dut.o.payload.delta)]
+                    seen.append((cycle, delta, ctx.get(dut.o.payload.mask)))
                     break
                 await ctx.tick()
 
@@ -231,3 +233,40 @@ def test_delta_cocotb(simulator):
         "shape": np.array([lanes, dut.i.payload.index.shape().width]),
     }
     run_cocotb(dut, "delta", "tb.test_delta", vectors=vectors, simulator=simulator)
+
+
+def _accept_cycles(dut, payloads, theta=0):
+    """Cycles from the first to the last accepted beat with ``i.valid`` held high and
+    ``o.ready`` high (no back-pressure)."""
+    cycles = []
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        ctx.set(dut.theta, theta)
+        ctx.set(dut.i.valid, 1)
+        for payload in payloads:
+            ctx.set(dut.i.payload, payload)
+            *_, ready = await ctx.tick().sample(dut.i.ready)
+            count = 1
+            while not ready:
+                *_, ready = await ctx.tick().sample(dut.i.ready)
+                count += 1
+            cycles.append(count)
+        ctx.set(dut.i.valid, 0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return sum(cycles[1:])
+
+
+@pytest.mark.parametrize("features,lanes,per_beat", [(64, 16, 1), (64, 8, 1), (24, 8, 4 / 3), (4, 4, 4)])
+def test_delta_throughput(features, lanes, per_beat):
+    # In-order tokens: one beat per cycle for ≥ 4 groups; the interlock slows 3 groups to
+    # 3 beats per 4 cycles and a single group to one beat per 4 cycles (documented).
+    dut = DeltaEncoder(features=features, lanes=lanes)
+    groups = dut.groups
+    beats = [{"data": [t] * lanes, "index": g, "first": int(t == 0)}
+             for t in range(20) for g in range(groups)]
+    assert _accept_cycles(dut, beats) == pytest.approx(per_beat * (len(beats) - 1), abs=4)

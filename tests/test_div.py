@@ -30,9 +30,12 @@ def edge_cases(rng):
     pairs += [(int(x) + 1, int(x)) for x in d]                              # just above
     pairs += [(int(x) * 2 - 1, int(x)) for x in d if x > 0]                 # q = 1 with remainder d − 1
     pairs += [(int(n), 0) for n in log_uniform(rng, 33, 50)]                # d = 0
-    # Softmax: r = divide(2**32, σ) with 2**15 ≤ σ < 2**31.
-    sig = np.unique(np.concatenate([[1 << 15, (1 << 31) - 1], rng.integers(1 << 15, 1 << 31, 300),
-                                    (2.0 ** rng.uniform(15, 31, 300)).astype(np.int64)]))
+    # Softmax: r = divide(2**32, σ) with 2**15 ≤ σ < 2**31; attention's deferred normalization
+    # (numerics §9) divides 2**32 by a sum of uint8 weights, σ ≥ 255.
+    sig = np.unique(np.concatenate([[255, 256, (1 << 15) - 1, 1 << 15, (1 << 31) - 1],
+                                    rng.integers(1 << 15, 1 << 31, 300),
+                                    (2.0 ** rng.uniform(15, 31, 300)).astype(np.int64),
+                                    rng.integers(255, 1 << 15, 100)]))
     pairs += [(1 << 32, int(s)) for s in sig]
     return np.array(pairs, dtype=np.int64).T
 

@@ -1,8 +1,6 @@
 # amaranth: UnusedElaboratable=no
 """hw.reduce.Reduce against sim.golden.reduce_sum/reduce_max: rows of 1…300 values split into
 beats, random masks, extremes, all-equal rows, cross-PE composition, back-pressure."""
-import random
-
 import numpy as np
 import pytest
 from amaranth.hdl import Module, signed, unsigned
@@ -91,7 +89,8 @@ def test_reduce_random_masks(lanes):
     rows = []
     for _ in range(150):
         n = int(rng.integers(1, 40))
-        rows.append((ReduceOp(int(rng.integers(2))), _values(rng, n, 8, str(rng.choice(["random", "extremes", "equal"])))))
+        kind = str(rng.choice(["random", "extremes", "equal"]))
+        rows.append((ReduceOp(int(rng.integers(2))), _values(rng, n, 8, kind)))
     beats, expected = rows_to_beats(rows, lanes, rng=rng)
     assert run_reduce(Reduce(lanes=lanes, width=8, max_row=40), beats, seed=lanes) == expected
 
@@ -233,3 +232,34 @@ def test_reduce_cocotb(simulator):
         "shape": np.array([dut.lanes, dut.width, dut.out_width]),
     }
     run_cocotb(dut, "reduce", "tb.test_reduce", vectors=vectors, simulator=simulator)
+
+
+def test_reduce_throughput():
+    # Without back-pressure one beat enters per cycle, and rows of one beat leave one per cycle.
+    dut = Reduce(lanes=16, width=32, max_row=300)
+    rng = np.random.default_rng(13)
+    rows = [(ReduceOp(int(rng.integers(2))), _values(rng, 16, 32, "random")) for _ in range(200)]
+    beats, expected = rows_to_beats(rows, 16)
+    accepted, outputs = [], []
+
+    async def producer(ctx):
+        ctx.set(dut.i.valid, 1)
+        for beat in beats:
+            ctx.set(dut.i.payload, beat)
+            *_, ready = await ctx.tick().sample(dut.i.ready)
+            accepted.append(bool(ready))
+        ctx.set(dut.i.valid, 0)
+
+    async def consumer(ctx):
+        ctx.set(dut.o.ready, 1)
+        while len(outputs) < len(expected):
+            *_, valid, value, op = await ctx.tick().sample(dut.o.valid, dut.o.payload.value, dut.o.payload.op)
+            if valid:
+                outputs.append((value, ReduceOp(op)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    assert all(accepted) and outputs == expected

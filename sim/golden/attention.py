@@ -3,35 +3,51 @@ import numpy as np
 
 from .activation import activation
 from .divide import divide
-from .fixed import INT8, INT32, clip, rshift_round, to_int
+from .fixed import INT8, INT9, INT32, clip, rshift_round, to_int
 from .mac import matmul
 from .requant import requant
 from .exp import exp
 from .fixed import UINT8
 from .softmax import exp_weights
 
-__all__ = ["attention", "mha", "linear_attention"]
+__all__ = ["attention", "mha", "linear_attention", "mantissa15", "DEN_MIN"]
+
+DEN_MIN = 1 << 16
 
 
-def attention(q, k, v, c_e, sh_e, m_a, sh_a, trace=None):
+def mantissa15(r, sh):
+    """Round a reciprocal ``r`` to a uint15 multiplier: ``(m, sh')`` with ``m/2**sh' ≈ r/2**sh``.
+
+    ``k = max(0, bit_length(r) − 15)`` low bits are rounded off (relative error ≤ 2⁻¹⁵), so that the
+    product with an accumulator fits the lanes' 33×15 multiplier (docs/numerics.md §9).
+    """
+    r = to_int(r, "r")
+    k = np.maximum(0, np.frexp(np.maximum(r, 1).astype(np.float64))[1].astype(np.int64) - 15)
+    if np.any(k > sh):
+        raise ValueError("reciprocal too large for its shift")
+    return rshift_round(r, k), sh - k
+
+
+def attention(q, k, v, c_e, sh_e, m_a, sh_a, trace=None, out=INT9):
     """One head: ``softmax(q·kᵀ)·v`` with deferred normalization; q, k, v int8 (..., N, d) → int8.
 
     The unnormalized weights ``w = exp_weights(S)`` (uint8, the row maximum ≈ 255) multiply V;
     each output row is divided by ``Σw`` afterwards (one divide per row), then requantized per
-    column. The 1/√d scale is folded into Wq; ``c_e, sh_e`` encode the score scale.
+    column to ``out`` (int9: the result is the A operand of Wo). The 1/√d scale is folded into Wq;
+    ``c_e, sh_e`` encode the score scale.
     """
     s = matmul(q, np.swapaxes(to_int(k, "k"), -1, -2))
     w = exp_weights(s, c_e, sh_e)
-    r = divide(np.full(w.shape[:-1], 1 << 32), w.sum(axis=-1))
-    t = rshift_round(matmul(w, v) * r[..., None], 24)       # Σ_j p_j v_j in units of 1/256
-    a = requant(t, m_a, sh_a, *INT8)
+    m_r, sh_r = mantissa15(divide(np.full(w.shape[:-1], 1 << 32), w.sum(axis=-1)), 24)
+    t = rshift_round(matmul(w, v) * m_r[..., None], sh_r[..., None])   # Σ_j p_j v_j in units of 1/256
+    a = requant(t, m_a, sh_a, *out)
     if trace is not None:
         trace.setdefault("scores", []).append(s)
         trace.setdefault("expw", []).append(w)
     return a
 
 
-def mha(q, k, v, heads, c_e, sh_e, m_a, sh_a, trace=None):
+def mha(q, k, v, heads, c_e, sh_e, m_a, sh_a, trace=None, out=INT9):
     """Multi-head attention: heads are column slices of q, k, v (offset h·d, width d)."""
     dim = q.shape[-1]
     if heads < 1 or dim % heads:
@@ -41,15 +57,15 @@ def mha(q, k, v, heads, c_e, sh_e, m_a, sh_a, trace=None):
     outs = []
     for h in range(heads):
         sl = slice(h * d, (h + 1) * d)
-        outs.append(attention(q[..., sl], k[..., sl], v[..., sl], c_e, sh_e, m_a[sl], sh_a[sl], trace))
+        outs.append(attention(q[..., sl], k[..., sl], v[..., sl], c_e, sh_e, m_a[sl], sh_a[sl], trace, out))
     if trace is not None:
         for key in ("scores", "expw"):
             trace[key] = np.stack(trace[key], axis=-3)  # (..., heads, N, N)
     return np.concatenate(outs, axis=-1)
 
 
-def linear_attention(q, k, v, lut_q, lut_k, m_t, sh_t, m_o, sh_o):
-    """Linear attention φ(Q)(φ(K)ᵀV) / φ(Q)Σφ(K), φ = elu+1 by table; one head, int8 in and out.
+def linear_attention(q, k, v, lut_q, lut_k, m_t, sh_t, m_o, sh_o, out=INT9):
+    """Linear attention φ(Q)(φ(K)ᵀV) / φ(Q)Σφ(K), φ = elu+1 by table; one head, int8 in, int9 out.
 
     ``m_t, sh_t`` are per-column multipliers of the (d+1)-column ``T = φkᵀ·[v | 1]`` (the last
     column is Σφk); ``m_o, sh_o`` rescale the quotient to the output scale.
@@ -62,5 +78,9 @@ def linear_attention(q, k, v, lut_q, lut_k, m_t, sh_t, m_o, sh_o):
     t8 = requant(t, m_t, sh_t, *INT8)
     u = matmul(phq, t8)
     num, den = u[..., :-1], u[..., -1]
-    r = np.where(den > 0, divide(np.full(den.shape, 1 << 32), np.clip(den, 1, INT32[1])), 0)
-    return clip(rshift_round(rshift_round(num * r[..., None], 16) * to_int(m_o, "m_o"), sh_o), *INT8)
+    # den below 2^16 is clamped (the compiler scales Σφk so that it does not happen for real data);
+    # then r < 2^17 and its 15-bit mantissa needs a right shift of at least 14.
+    r = divide(np.full(den.shape, 1 << 32), np.clip(den, DEN_MIN, INT32[1]))
+    m_r, sh_r = mantissa15(r, 16)
+    t = np.where(den[..., None] > 0, rshift_round(num * m_r[..., None], sh_r[..., None]), 0)
+    return clip(rshift_round(t * to_int(m_o, "m_o"), sh_o), *out)

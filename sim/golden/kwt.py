@@ -2,7 +2,7 @@
 import numpy as np
 
 from .encoder import encoder_layer
-from .fixed import INT8, INT16
+from .fixed import INT9, INT16
 from .mac import matmul
 from .requant import requant
 
@@ -10,10 +10,10 @@ __all__ = ["kwt", "embed"]
 
 
 def embed(model, mfcc8):
-    """``x0 = requant(mfcc·Wpᵀ + C0)``; the class token is row 0 with an all-zero A row."""
+    """``x0 = requant(mfcc·Wpᵀ + C0)`` (int9); the class token is row 0 with an all-zero A row."""
     mfcc8 = np.asarray(mfcc8, dtype=np.int64)
     a = np.concatenate([np.zeros(mfcc8.shape[:-2] + (1, mfcc8.shape[-1]), np.int64), mfcc8], axis=-2)
-    return requant(matmul(a, model.embed_w.T, model.embed_c0), model.embed_m, model.embed_sh, *INT8)
+    return requant(matmul(a, model.embed_w.T, model.embed_c0), model.embed_m, model.embed_sh, *INT9)
 
 
 def kwt(model, mfcc8, trace=None):

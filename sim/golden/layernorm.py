@@ -37,7 +37,7 @@ def layernorm(h, r_d, E, G, B, sh_o, lo=-128, hi=127):
     c = h - mu[..., None]
     v = reduce_sum(c * c) + int(E)
     R, p = rsqrt(v)
-    n = clip(rshift_round(c * R[..., None], 8 + p[..., None]), *INT16)
+    n = clip(rshift_round(c * R[..., None], 7 + p[..., None]), *INT16)
     G = check_range(to_int(G, "G"), -(1 << 15), (1 << 15) - 1, name="G")
     B = check_range(to_int(B, "B"), *INT32, name="B")
     return clip(rshift_round(n * G + B, int(sh_o)), lo, hi)
