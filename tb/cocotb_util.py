@@ -41,8 +41,16 @@ def unpack(word, width, count, signed=False):
     return [to_signed(v, width) for v in vals] if signed else vals
 
 
-async def start(dut, period_ns=10, reset_cycles=2):
-    """Start the clock and pulse the synchronous active-high reset."""
+# Handshake inputs driven low before reset: an undriven input is X in four-state simulators
+# (Icarus), and an X ready or valid would poison the pipeline registers.
+IDLE_INPUTS = ("i__valid", "o__ready", "load__valid")
+
+
+async def start(dut, period_ns=10, reset_cycles=2, idle_inputs=IDLE_INPUTS):
+    """Drive the handshake inputs low, start the clock and pulse the synchronous reset."""
+    for name in idle_inputs:
+        if hasattr(dut, name):
+            getattr(dut, name).value = 0
     Clock(dut.clk, period_ns, unit="ns").start()
     dut.rst.value = 1
     for _ in range(reset_cycles):
