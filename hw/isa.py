@@ -8,7 +8,7 @@ from amaranth.hdl import unsigned
 from amaranth.lib import data
 
 __all__ = ["Op", "Dst", "Sat", "Flag", "ErrorCode", "Csr", "FIELDS", "INSTR_BITS", "INSTR_LAYOUT",
-           "encode", "decode", "ID_MAGIC"]
+           "encode", "decode", "ID_MAGIC", "mem_cmd_layout", "mem_rsp_layout", "instr_words"]
 
 INSTR_BITS = 256
 ID_MAGIC = 0x4B575431  # "KWT1"
@@ -91,7 +91,6 @@ INSTR_LAYOUT = data.StructLayout({name: unsigned(width) for name, width in FIELD
 
 def encode(op, **fields):
     """Pack an instruction into a 256-bit integer; unknown fields or out-of-range values raise."""
-    widths = dict(FIELDS)
     fields["op"] = int(op)
     word, pos = 0, 0
     for name, width in FIELDS:
@@ -112,3 +111,21 @@ def decode(word):
         out[name] = (word >> pos) & ((1 << width) - 1)
         pos += width
     return out
+
+
+def mem_cmd_layout(lanes):
+    """Payload of the ext-memory request stream ``mem.cmd`` (LSB first): ``addr`` 32 (word
+    address), ``we`` 1, ``data`` 8·lanes, ``mask`` lanes (byte enables of a write)."""
+    return data.StructLayout({"addr": unsigned(32), "we": unsigned(1),
+                              "data": unsigned(8 * lanes), "mask": unsigned(lanes)})
+
+
+def mem_rsp_layout(lanes):
+    """Payload of the ext-memory response stream ``mem.rsp``: ``data`` 8·lanes."""
+    return data.StructLayout({"data": unsigned(8 * lanes)})
+
+
+def instr_words(lanes):
+    """Ext-memory words (of ``lanes`` bytes) per 256-bit instruction; word i holds bits
+    ``[8·lanes·i, 8·lanes·(i+1))``."""
+    return INSTR_BITS // (8 * lanes)

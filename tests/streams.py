@@ -80,3 +80,34 @@ def run_stream_test(dut, inputs, *, convert_in=None, convert_out=None, n_out=Non
     else:
         sim.run()
     return outputs
+
+
+def run_full_rate(dut, beats, n_out, convert_out=None):
+    """Offer one beat per cycle with ``o.ready`` held high; return ``(accepted, outputs)``.
+
+    ``accepted[k]`` says whether beat k was taken on its cycle: a unit that keeps up with one beat
+    per cycle accepts every one. Outputs are the payloads seen with ``o.valid`` high.
+    """
+    accepted, outputs = [], []
+
+    async def producer(ctx):
+        ctx.set(dut.i.valid, 1)
+        for beat in beats:
+            ctx.set(dut.i.payload, beat)
+            *_, ready = await ctx.tick().sample(dut.i.ready)
+            accepted.append(bool(ready))
+        ctx.set(dut.i.valid, 0)
+
+    async def consumer(ctx):
+        ctx.set(dut.o.ready, 1)
+        while len(outputs) < n_out:
+            *_, valid, y = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            if valid:
+                outputs.append(convert_out(y) if convert_out else y)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    return accepted, outputs

@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 from hw.activation import Activation
 from sim.golden import INT9, UINT8, activation, elu1, elu1_lut, gelu_lut, gelu_tanh
 from tb.runner import emit, lint, run_cocotb, simulators
-from tests.streams import run_stream_test
+from tests.streams import run_full_rate, run_stream_test
 
 X_ALL = np.arange(-128, 128)
 S_INS = (0.02, 0.05, 0.1, 0.5)
@@ -206,27 +206,6 @@ def test_activation_throughput():
     dut = Activation(lanes=4, init=list(range(-128, 128)))
     x = np.random.default_rng(5).integers(-128, 128, 4 * 300)
     beats = _beats(x, 4)
-    accepted, outputs = [], []
-
-    async def producer(ctx):
-        ctx.set(dut.i.valid, 1)
-        for beat in beats:
-            ctx.set(dut.i.payload, beat)
-            *_, ready = await ctx.tick().sample(dut.i.ready)
-            accepted.append(bool(ready))
-        ctx.set(dut.i.valid, 0)
-
-    async def consumer(ctx):
-        ctx.set(dut.o.ready, 1)
-        while len(outputs) < len(beats):
-            *_, valid, y = await ctx.tick().sample(dut.o.valid, dut.o.payload)
-            if valid:
-                outputs.append([int(v) for v in y])
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run()
+    accepted, outputs = run_full_rate(dut, beats, len(beats), lambda y: [int(v) for v in y])
     assert all(accepted)
     np.testing.assert_array_equal(np.concatenate(outputs), x)

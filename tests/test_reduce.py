@@ -11,7 +11,7 @@ from amaranth.sim import Simulator
 from hw.reduce import Reduce, ReduceOp
 from sim.golden import reduce_max, reduce_sum
 from tb.runner import emit, lint, run_cocotb, simulators
-from tests.streams import run_stream_test
+from tests.streams import run_full_rate, run_stream_test
 
 GOLDEN = {ReduceOp.SUM: reduce_sum, ReduceOp.MAX: reduce_max}
 
@@ -240,26 +240,6 @@ def test_reduce_throughput():
     rng = np.random.default_rng(13)
     rows = [(ReduceOp(int(rng.integers(2))), _values(rng, 16, 32, "random")) for _ in range(200)]
     beats, expected = rows_to_beats(rows, 16)
-    accepted, outputs = [], []
-
-    async def producer(ctx):
-        ctx.set(dut.i.valid, 1)
-        for beat in beats:
-            ctx.set(dut.i.payload, beat)
-            *_, ready = await ctx.tick().sample(dut.i.ready)
-            accepted.append(bool(ready))
-        ctx.set(dut.i.valid, 0)
-
-    async def consumer(ctx):
-        ctx.set(dut.o.ready, 1)
-        while len(outputs) < len(expected):
-            *_, valid, value, op = await ctx.tick().sample(dut.o.valid, dut.o.payload.value, dut.o.payload.op)
-            if valid:
-                outputs.append((value, ReduceOp(op)))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run()
+    accepted, outputs = run_full_rate(dut, beats, len(expected),
+                                      lambda y: (y.value, ReduceOp(y.op)))
     assert all(accepted) and outputs == expected

@@ -6,8 +6,6 @@ from .divide import divide
 from .fixed import INT8, INT9, INT32, clip, rshift_round, to_int
 from .mac import matmul
 from .requant import requant
-from .exp import exp
-from .fixed import UINT8
 from .softmax import exp_weights
 
 __all__ = ["attention", "mha", "linear_attention", "mantissa15", "DEN_MIN"]

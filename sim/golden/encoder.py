@@ -1,5 +1,4 @@
 """Post-norm encoder layer, as KWT-1 (docs/numerics.md §14)."""
-import numpy as np
 
 from .attention import mha
 from .fixed import INT8, INT9, INT16

@@ -1,5 +1,4 @@
 """Reduction tree (docs/numerics.md §6). Hardware: ``hw.reduce.Reduce``."""
-import numpy as np
 
 from .fixed import to_int
 
