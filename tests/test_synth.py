@@ -1,5 +1,9 @@
 # amaranth: UnusedElaboratable=no
-"""hw.synth: the serial port wrapper (simulated), argument checks, and one real ECP5 run of Exp."""
+"""hw.synth: the serial port wrapper (simulated), argument checks, the yosys script, the platform
+a unit is elaborated for, and real ECP5 runs of Exp and of the MAC (its MULT18X18D registers)."""
+import json
+from pathlib import Path
+
 import pytest
 from amaranth.back import rtlil
 from amaranth.hdl import Module
@@ -8,8 +12,9 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from hw.exp import Exp
+from hw.mac import MAC
 from hw.rsqrt import Rsqrt
-from hw.synth import SerialWrapper, critical_path_summary, synthesize
+from hw.synth import SerialWrapper, critical_path_summary, synthesize, target_platform, yosys_script
 
 
 class _AddOne(wiring.Component):
@@ -49,9 +54,9 @@ def test_serial_wrapper_round_trip():
 def test_serial_wrapper_counts_stream_ports():
     # i.payload, i.valid, o.ready in; i.ready, o.payload, o.valid out.
     assert (SerialWrapper(Exp()).n_in, SerialWrapper(Exp()).n_out) == (18, 18)
-    # Struct payloads (Rsqrt: uint48 in, {r: uint16, p: int6} out) are flattened too.
+    # Struct payloads (Rsqrt: uint48 in, {r: uint15, p: int6} out) are flattened too.
     dut = SerialWrapper(Rsqrt())
-    assert (dut.n_in, dut.n_out) == (50, 24)
+    assert (dut.n_in, dut.n_out) == (50, 23)
     rtlil.convert(dut, name="wrapped")
 
 
@@ -68,6 +73,28 @@ def test_synthesize_rejects_bad_arguments():
         synthesize(Exp(), name="../x")
     with pytest.raises(ValueError, match="freq_mhz"):
         synthesize(Exp(), freq_mhz=0)
+    with pytest.raises(ValueError, match="platform"):
+        synthesize(Exp(), platform="ecp5")
+
+
+def test_yosys_script_hides_array_element_wires():
+    # `rename -hide w:*]` right after `hierarchy`: Amaranth's `o__payload[0]` wire names otherwise
+    # trip yosys 0.70's `count_id(wire->name) == 0` assertion in ABC9 (no `-dff` fallback needed).
+    lines = yosys_script("unit", "ecp5").splitlines()
+    assert lines[:3] == ["read_rtlil top.il", "hierarchy -top unit", "rename -hide w:*]"]
+    assert "synth_ecp5 -top unit" in lines and "-dff" not in " ".join(lines)
+    lines = yosys_script("unit", "ice40", ports="serial", synth_opts="-abc9").splitlines()
+    assert lines[2:5] == ["rename -hide w:*]", "setattr -mod -set keep_hierarchy 1 unit.dut",
+                          "synth_ice40 -dsp -abc9 -top unit"]
+
+
+def test_target_platform():
+    p = target_platform("ecp5")
+    assert p.family == "ecp5" and p.device == "LFE5U-85F" and not p.resources
+    assert target_platform("ecp5", "um5g-25k").device == "LFE5UM5G-25F"
+    assert target_platform("ice40") is None
+    # The ECP5 platform makes the MAC instantiate MULT18X18D; none (simulation, Verilog) does not.
+    assert "MULT18X18D" in rtlil.convert(MAC(), platform=p) and "MULT18X18D" not in rtlil.convert(MAC())
 
 
 def test_critical_path_summary_text():
@@ -93,3 +120,17 @@ def test_synthesize_exp_ecp5():
     assert 20 < r["fmax_mhz"] < 1000
     assert " -> " in r["critical_path"] and "ns" in r["critical_path"]
     assert r["utilization"]["DP16KD"] == 1 and r["ports"] == "ooc" and r["seconds"] > 0
+
+
+@pytest.mark.slow  # ~1 min warm
+def test_synthesize_mac_uses_dsp_registers():
+    # On ECP5 the MAC's operand and product registers are the MULT18X18D's own: no fabric
+    # flip-flops for a, b or the product, and the multiply is no longer a fabric-to-fabric path.
+    r = synthesize(MAC(), name="mac_dsp_test", family="ecp5", freq_mhz=150)
+    assert r["dsps"] == 1
+    cells = json.loads((Path(r["dir"]) / "top.json").read_text())["modules"]["mac"]["cells"]
+    dsp = next(c for c in cells.values() if c["type"] == "MULT18X18D")
+    assert {dsp["parameters"][f"REG_{k}_CLK"] for k in ("INPUTA", "INPUTB", "OUTPUT")} == {"CLK0"}
+    portable = synthesize(MAC(), name="mac_portable_test", family="ecp5", freq_mhz=150, platform=None)
+    assert r["ffs"] <= portable["ffs"] - (9 + 8 + 17)
+    assert r["fmax_mhz"] > portable["fmax_mhz"]
