@@ -122,13 +122,13 @@ def test_synthesize_exp_ecp5():
     assert r["utilization"]["DP16KD"] == 1 and r["ports"] == "ooc" and r["seconds"] > 0
 
 
-@pytest.mark.slow  # ~1 min warm
+@pytest.mark.slow  # two MAC builds, ~15 s warm
 def test_synthesize_mac_uses_dsp_registers():
     # On ECP5 the MAC's operand and product registers are the MULT18X18D's own: no fabric
     # flip-flops for a, b or the product, and the multiply is no longer a fabric-to-fabric path.
     r = synthesize(MAC(), name="mac_dsp_test", family="ecp5", freq_mhz=150)
     assert r["dsps"] == 1
-    cells = json.loads((Path(r["dir"]) / "top.json").read_text())["modules"]["mac"]["cells"]
+    cells = json.loads((Path(r["dir"]) / "top.json").read_text())["modules"]["mac_dsp_test"]["cells"]
     dsp = next(c for c in cells.values() if c["type"] == "MULT18X18D")
     assert {dsp["parameters"][f"REG_{k}_CLK"] for k in ("INPUTA", "INPUTB", "OUTPUT")} == {"CLK0"}
     portable = synthesize(MAC(), name="mac_portable_test", family="ecp5", freq_mhz=150, platform=None)
