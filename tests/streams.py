@@ -111,3 +111,27 @@ def run_full_rate(dut, beats, n_out, convert_out=None):
     sim.add_testbench(consumer)
     sim.run()
     return accepted, outputs
+
+
+def measure_latency(dut, payload, max_cycles=64):
+    """Send one beat into an idle ``dut``; return ``(cycles until o.valid, o.payload)``."""
+    seen = {}
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        ctx.set(dut.i.payload, payload)
+        ctx.set(dut.i.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.i.valid, 0)
+        for cycle in range(1, max_cycles):
+            if ctx.get(dut.o.valid):
+                seen["out"] = cycle, ctx.get(dut.o.payload)
+                return
+            await ctx.tick()
+        raise Watchdog(f"no output within {max_cycles} cycles")
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return seen["out"]

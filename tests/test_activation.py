@@ -10,7 +10,7 @@ from amaranth.sim import Simulator
 from hw.activation import Activation
 from sim.golden import INT9, UINT8, activation, elu1, elu1_lut, gelu_lut, gelu_tanh
 from tb.runner import emit, lint, run_cocotb, simulators
-from tests.streams import run_full_rate, run_stream_test
+from tests.streams import measure_latency, run_full_rate, run_stream_test
 
 X_ALL = np.arange(-128, 128)
 S_INS = (0.02, 0.05, 0.1, 0.5)
@@ -142,25 +142,8 @@ def test_activation_reload_mid_stream(write_rate):
 
 def test_activation_latency():
     dut = Activation(lanes=2, init=list(range(-128, 128)))
-    seen = {}
-
-    async def bench(ctx):
-        ctx.set(dut.o.ready, 1)
-        ctx.set(dut.i.payload, [-128, 127])
-        ctx.set(dut.i.valid, 1)
-        await ctx.tick()
-        ctx.set(dut.i.valid, 0)
-        for cycle in range(1, 10):
-            if ctx.get(dut.o.valid):
-                seen["latency"], seen["y"] = cycle, [int(v) for v in ctx.get(dut.o.payload)]
-                return
-            await ctx.tick()
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    assert seen == {"latency": Activation.LATENCY, "y": [-128, 127]}
+    latency, y = measure_latency(dut, [-128, 127])
+    assert (latency, [int(v) for v in y]) == (Activation.LATENCY, [-128, 127])
 
 
 def test_activation_bad_params():

@@ -6,12 +6,11 @@ import pytest
 from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
-from amaranth.sim import Simulator
 
 from hw.reduce import Reduce, ReduceOp
 from sim.golden import reduce_max, reduce_sum
 from tb.runner import emit, lint, run_cocotb, simulators
-from tests.streams import run_full_rate, run_stream_test
+from tests.streams import measure_latency, run_full_rate, run_stream_test
 
 GOLDEN = {ReduceOp.SUM: reduce_sum, ReduceOp.MAX: reduce_max}
 
@@ -112,25 +111,8 @@ def test_reduce_empty_beat_is_identity():
 
 def test_reduce_latency():
     dut = Reduce(lanes=5, width=8)
-    seen = {}
-
-    async def bench(ctx):
-        ctx.set(dut.o.ready, 1)
-        ctx.set(dut.i.payload, {"data": [1, 2, 3, 4, 5], "mask": 31, "op": ReduceOp.SUM, "last": 1})
-        ctx.set(dut.i.valid, 1)
-        await ctx.tick()
-        ctx.set(dut.i.valid, 0)
-        for cycle in range(1, 10):
-            if ctx.get(dut.o.valid):
-                seen["latency"], seen["value"] = cycle, ctx.get(dut.o.payload.value)
-                return
-            await ctx.tick()
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
-    assert seen == {"latency": dut.latency, "value": 15} and dut.latency == 4
+    latency, out = measure_latency(dut, {"data": [1, 2, 3, 4, 5], "mask": 31, "op": ReduceOp.SUM, "last": 1})
+    assert (latency, out.value) == (dut.latency, 15) and dut.latency == 4
 
 
 class TwoLevel(wiring.Component):
