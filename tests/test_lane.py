@@ -523,12 +523,11 @@ def test_lane_attention_deferred_normalization():
 
 
 def test_lane_mantissa15_corner():
-    # mantissa15 rounds r = 65535 (a row sum of 65537) up to m_r = 2^15, which is no uint15; the
-    # lane's int18 m takes it: t = rshift_round(acc·32768, sh) for attention (sh 23) and linear
-    # attention (sh 15).
+    # r = 65535 (a row sum of 65537) rounds up to 2^15, which mantissa15 returns as the equal
+    # (2^14, one less shift) so m stays uint15; the REQ on the lane equals the golden value.
     for r, sh0 in ((int(divide(1 << 32, 65537)), 24), (int(divide(1 << 32, 65537)), 16)):
         m_r, sh_r = (int(x) for x in mantissa15(r, sh0))
-        assert m_r == 1 << 15
+        assert (m_r, sh_r) == (1 << 14, sh0 - 2)
         acc = np.array([INT32_MIN, INT32_MAX, 0, 1, -1, 123456789, -987654321, 1 << 15, -(1 << 15) - 1])
         prog = _load(acc) + [instr(LaneOp.REQ, rx=j, m=m_r, sh=sh_r, sat=Sat.INT32) for j in range(len(acc))]
         np.testing.assert_array_equal(run_amaranth(prog, stall=0.1, seed=15), rshift_round(acc * m_r, sh_r))

@@ -23,7 +23,10 @@ def mantissa15(r, sh):
     k = np.maximum(0, np.frexp(np.maximum(r, 1).astype(np.float64))[1].astype(np.int64) - 15)
     if np.any(k > sh):
         raise ValueError("reciprocal too large for its shift")
-    return rshift_round(r, k), sh - k
+    m = rshift_round(r, k)
+    # Rounding up can reach 2^15 (r = 65535): the same value as (2^14, one less shift), in 15 bits.
+    top = m == 1 << 15
+    return np.where(top, 1 << 14, m), sh - k - top
 
 
 def attention(q, k, v, c_e, sh_e, m_a, sh_a, trace=None, out=INT9):
