@@ -1,0 +1,510 @@
+"""The PE array: P processing elements in lockstep, the shared operand buffer (BBUF) and column
+parameters (PBUF), the matmul sequencer, the drain control and the BBUF write-back.
+
+docs/isa.md (MATMUL) defines what it computes, docs/architecture.md how.
+"""
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .isa import Dst, Flag
+from .params import check_choice, check_int
+from .pe import (LANE_CHOICES, PE, BankedRam, InitMode, _log2, bank_select, is_zero,
+                 pick, select)
+
+__all__ = ["PEArray", "matmul_desc_layout", "bbuf_w_layout", "pbuf_w_layout", "amem_w_layout",
+           "MAX_PES", "ADDR_BITS"]
+
+MAX_PES = 64
+#: Width of internal address arithmetic: every range is checked at decode against depths
+#: ≤ 2^16, so sums of in-range addresses and one more stride never wrap in 18 bits.
+ADDR_BITS = 18
+
+
+def matmul_desc_layout():
+    """A decoded, range-checked MATMUL handed from the controller to the array."""
+    return data.StructLayout({
+        "rows": unsigned(16),      # M
+        "passes": unsigned(16),    # ⌈M/P⌉
+        "k": unsigned(16),
+        "tiles": unsigned(8),
+        "ncols": unsigned(16),     # N (count, or tiles·L)
+        "a_base": unsigned(16), "a_stride": unsigned(16),
+        "b_base": unsigned(16),
+        "p_base": unsigned(16),
+        "out_base": unsigned(16), "out_stride": unsigned(16),
+        "dst": unsigned(2), "sat": unsigned(2), "flags": unsigned(3),
+    })
+
+
+def bbuf_w_layout(lanes):
+    return data.StructLayout({"addr": unsigned(16), "data": unsigned(8 * lanes),
+                              "mask": unsigned(lanes)})
+
+
+def pbuf_w_layout(lanes):
+    """``sel``: 0 bias word (addr = tile·4 + word), 1 m word (tile·2 + word), 2 sh word (tile)."""
+    return data.StructLayout({"sel": unsigned(2), "addr": unsigned(18),
+                              "data": unsigned(8 * lanes)})
+
+
+def amem_w_layout(pes, lanes):
+    """One AMEM row write into PE ``pe``: elements with ``en`` set get ``data`` (int9 each)."""
+    return data.StructLayout({"pe": unsigned(max(1, (pes - 1).bit_length())),
+                              "addr": unsigned(16), "data": unsigned(9 * lanes),
+                              "en": unsigned(lanes)})
+
+
+def _check_pow2(name, value, lo, hi):
+    check_int(name, value, lo=lo, hi=hi)
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of two, not {value}")
+    return value
+
+
+class PEArray(wiring.Component):
+    """P PEs, BBUF, PBUF, the MATMUL sequencer, drain control and BBUF write-back.
+
+    Ports
+    -----
+    cmd : In(stream.Signature(matmul_desc_layout()))
+        A MATMUL to run (range-checked by the controller). Accepted when the sequencer is
+        free (``ready = ~active``); its first beat issues the next cycle.
+    active : Out(1)
+        The sequencer is issuing beats of a MATMUL.
+    busy : Out(1)
+        ``active`` or any tile not yet written back (drains, requantization, BBUF write-back).
+    mac : Out(1)
+        A beat was issued this cycle (the MAC array computes): counts MAC_CYCLES.
+    stall_wb : Out(1)
+        The sequencer holds a tile's last beat because the drain or the BBUF write-back is not
+        free: counts STALL_WB.
+    bbuf_w : In(stream.Signature(bbuf_w_layout(L)))
+        DMA writes into BBUF (LOAD_B); the write-back of BBUF_ROWS/BBUF_T results has priority.
+    pbuf_w : In(stream.Signature(pbuf_w_layout(L)))
+        DMA writes into PBUF (LOAD_P); always ready.
+    amem_w : In(stream.Signature(amem_w_layout(P, L)))
+        DMA row writes into one PE's AMEM (LOAD_A); drain writes (dst AMEM) have priority.
+    cmem_r_pe, cmem_r_addr : In
+        CMEM row read for STORE_C (PE index, row address); only while not ``busy``.
+    cmem_rdata : Out(8L)
+        The row read two cycles earlier.
+
+    Timing: a MATMUL takes ``⌈M/P⌉·tiles·max(K, L)`` cycles of beats (``max(K, L + 4)`` for
+    the first tile of an ACCUM), plus stalls on a full write-back; its results are complete
+    ``PE.MAC_LATENCY + L + PE.D_Y`` cycles after the last beat (plus the write-back).
+    """
+
+    def __init__(self, *, pes, lanes, amem_depth, cmem_depth, bbuf_depth, pbuf_depth):
+        self._pes = check_int("pes", pes, lo=1, hi=MAX_PES)
+        self._lanes = check_choice("lanes", lanes, LANE_CHOICES)
+        self._amem_depth = _check_pow2("amem_depth", amem_depth, 2 * lanes, 1 << 16)
+        self._cmem_depth = _check_pow2("cmem_depth", cmem_depth, lanes, 1 << 16)
+        self._bbuf_depth = _check_pow2("bbuf_depth", bbuf_depth, 16, 1 << 16)
+        self._pbuf_depth = _check_pow2("pbuf_depth", pbuf_depth, 1, 1 << 14)
+        super().__init__({
+            "cmd": In(stream.Signature(matmul_desc_layout())),
+            "active": Out(1),
+            "busy": Out(1),
+            "mac": Out(1),
+            "stall_wb": Out(1),
+            "bbuf_w": In(stream.Signature(bbuf_w_layout(lanes))),
+            "pbuf_w": In(stream.Signature(pbuf_w_layout(lanes))),
+            "amem_w": In(stream.Signature(amem_w_layout(pes, lanes))),
+            "cmem_r_pe": In(max(1, (pes - 1).bit_length())),
+            "cmem_r_addr": In(16),
+            "cmem_rdata": Out(8 * lanes),
+        })
+
+    pes = property(lambda self: self._pes)
+    lanes = property(lambda self: self._lanes)
+    amem_depth = property(lambda self: self._amem_depth)
+    cmem_depth = property(lambda self: self._cmem_depth)
+    bbuf_depth = property(lambda self: self._bbuf_depth)
+    pbuf_depth = property(lambda self: self._pbuf_depth)
+
+    def elaborate(self, platform):
+        m = Module()
+        P, L = self._pes, self._lanes
+        lsh = _log2(L)
+        cw = L // 4
+        csh = _log2(cw)
+        AB = ADDR_BITS
+        D_W, D_Y = PE.D_WRITE, PE.D_Y
+
+        pes = []
+        for p in range(P):
+            pe = PE(lanes=L, amem_depth=self._amem_depth, cmem_depth=self._cmem_depth)
+            m.submodules[f"pe{p}"] = pe
+            pes.append(pe)
+
+        m.submodules.bbuf = bbuf = BankedRam(width=8 * L, depth=self._bbuf_depth, granularity=8)
+        pdepth = self._pbuf_depth
+        # PBUF: biases (4 words per tile), multipliers (2), shifts (1), written by the DMA.
+        pmem = []
+        for k, (name, words) in enumerate((("pbias", 4), ("pmul", 2), ("pshift", 1))):
+            mem = BankedRam(width=8 * L, depth=words * pdepth)
+            m.submodules[name] = mem
+            pmem.append(mem)
+            sel = self.pbuf_w.payload.sel
+            m.d.comb += [
+                mem.w_addr.eq(self.pbuf_w.payload.addr), mem.w_data.eq(self.pbuf_w.payload.data),
+                mem.w_en.eq(self.pbuf_w.valid & (sel == k if k else is_zero(sel))),
+            ]
+        m.d.comb += self.pbuf_w.ready.eq(1)
+
+        # ------------------------------------------------------------------ sequencer
+        desc = Signal(matmul_desc_layout())
+        active = Signal()
+        # Down-counters: the last beat of a tile and the last tile of a pass are zero tests.
+        jrem = Signal(16)            # beats left in the tile after this one
+        jfirst = Signal()
+        trem = Signal(8)             # tiles left in the pass after this one
+        passes_left = Signal(16)
+        a_row, a_addr, b_addr = Signal(AB), Signal(AB), Signal(AB)
+        n0 = Signal(AB)
+        rows_left = Signal(signed(AB))
+        out_row, e_tile = Signal(AB), Signal(AB)
+        pb_tile = Signal(AB)
+        n_left = Signal(signed(AB))
+        wb_rows = Signal(AB)
+        row_t, wb_t = Signal(AB), Signal(AB)
+        off_t = Signal(lsh)
+        stride_big = Signal(AB)
+        first_tile = Signal()
+        gap_max = L + 4
+        since = Signal(range(gap_max + 1), init=gap_max)
+        credits = Signal(range(3), init=2)
+        outstanding = Signal(8)
+        wb_alloc = Signal()
+
+        is_bbuf = desc.dst[1]  # BBUF_ROWS (2) or BBUF_T (3)
+        # The issue decision uses registered flags only (it enables every sequencer register):
+        # is_last (jrem = 0), ge_l / ge_l4 (since ≥ L / L + 4), no_credit (credits = 0).
+        is_last, k_is_1 = Signal(), Signal()
+        ge_l, ge_l4 = Signal(init=1), Signal(init=1)
+        no_credit = Signal()
+        gap_ok = Mux(first_tile & desc.flags[1], ge_l4, ge_l)   # Flag.ACCUM: one more gap
+        hold = is_last & (~gap_ok | (is_bbuf & no_credit))
+        issue = Signal()
+        m.d.comb += [
+            issue.eq(active & ~hold),
+            self.cmd.ready.eq(~active),
+            self.active.eq(active),
+            self.mac.eq(issue),
+            self.stall_wb.eq(active & hold),
+        ]
+
+        # Per-tile values, registered: they follow rows_left / n_left / off_t one cycle later,
+        # which change only at a last beat, and the next last beat comes ≥ L cycles later
+        # (on accepting a MATMUL they are computed from the descriptor directly).
+        rmask = Signal(P)
+        ncols = Signal(range(L + 1))
+        ngroups = Signal(range(P // L + 3))
+
+        def tile_values(rows_left_v, n_left_v, off_v):
+            return [
+                rmask.eq(Cat(*(rows_left_v > p for p in range(P)))),
+                ncols.eq(Mux(n_left_v >= L, L, Mux(n_left_v > 0, n_left_v[:lsh + 1], 0))),
+                ngroups.eq(((off_v + (P - 1)) >> lsh) + 1),
+            ]
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += tile_values(self.cmd.payload.rows, self.cmd.payload.ncols, Const(0, lsh))
+        with m.Else():
+            m.d.sync += tile_values(rows_left, n_left, off_t)
+
+        # Beat registers (stage I).
+        i_valid, i_first, i_last = Signal(), Signal(), Signal()
+        i_a = Signal(16)
+        m.d.sync += [i_valid.eq(issue), i_first.eq(jfirst), i_last.eq(is_last), i_a.eq(a_addr)]
+        # BBUF is read one cycle ahead of the beat (its banks add a register level).
+        m.d.comb += bbuf.r_addr.eq(b_addr)
+
+        # Tile descriptors from the last beat's issue to the drain-register load (at most two
+        # in flight: loads are ≥ L ≥ 4 cycles apart, the beat pipeline is 5 deep).
+        tile_layout = data.StructLayout({
+            "dst": unsigned(2), "flags": unsigned(3), "sat": unsigned(2), "rmask": unsigned(P),
+            "ncols": range(L + 1), "e_tile": unsigned(AB), "pb_tile": unsigned(AB),
+            "blk": unsigned(1),
+        })
+        ring = [Signal(tile_layout, name=f"tile_ring{k}") for k in range(2)]
+        ring_w, ring_r = Signal(), Signal()
+        tile_now = Signal(tile_layout)
+
+        # Write-back block descriptors, written at issue into the reserved block.
+        blk_layout = data.StructLayout({
+            "trans": unsigned(1), "rmask": unsigned(P), "ncols": range(L + 1),
+            "base": unsigned(AB), "off": unsigned(lsh), "ngroups": range(P // L + 3),
+            "stride": unsigned(16),
+        })
+        blkmeta = [Signal(blk_layout, name=f"blkmeta{k}") for k in range(2)]
+        blk_now = Signal(blk_layout)
+        m.d.comb += [
+            tile_now.dst.eq(desc.dst), tile_now.flags.eq(desc.flags), tile_now.sat.eq(desc.sat),
+            tile_now.rmask.eq(rmask), tile_now.ncols.eq(ncols), tile_now.e_tile.eq(e_tile),
+            tile_now.pb_tile.eq(pb_tile), tile_now.blk.eq(wb_alloc),
+            blk_now.trans.eq(desc.dst == Dst.BBUF_T), blk_now.rmask.eq(rmask),
+            blk_now.ncols.eq(ncols), blk_now.base.eq(Mux(desc.dst == Dst.BBUF_T, wb_t, wb_rows)),
+            blk_now.off.eq(off_t), blk_now.ngroups.eq(ngroups), blk_now.stride.eq(desc.out_stride),
+        ]
+
+        with m.If(self.cmd.valid & self.cmd.ready):
+            d = self.cmd.payload
+            m.d.sync += [
+                desc.eq(d), active.eq(1), jrem.eq(d.k - 1), jfirst.eq(1), trem.eq(d.tiles - 1),
+                is_last.eq(d.k == 1), k_is_1.eq(d.k == 1),
+                passes_left.eq(d.passes - 1),
+                a_row.eq(d.a_base), a_addr.eq(d.a_base), b_addr.eq(d.b_base),
+                n0.eq(0), rows_left.eq(d.rows),
+                out_row.eq(d.out_base), e_tile.eq(d.out_base), pb_tile.eq(d.p_base),
+                n_left.eq(d.ncols), wb_rows.eq(d.out_base),
+                row_t.eq(d.out_base), wb_t.eq(d.out_base), off_t.eq(0),
+                stride_big.eq(d.out_stride * (P // L)),
+                first_tile.eq(1),
+            ]
+
+        last_issue = issue & is_last
+        with m.If(last_issue):
+            m.d.sync += since.eq(1)
+        with m.Elif(since != gap_max):
+            m.d.sync += since.eq(since + 1)
+        # since ≥ L next cycle ⇔ no last beat now and since ≥ L − 1 now (it saturates).
+        m.d.sync += [ge_l.eq(~last_issue & (since >= L - 1)),
+                     ge_l4.eq(~last_issue & (since >= L + 3))]
+
+        with m.If(issue):
+            m.d.sync += [jrem.eq(jrem - 1), jfirst.eq(0), a_addr.eq(a_addr + 1),
+                         b_addr.eq(b_addr + 1), is_last.eq(jrem == 1)]
+            with m.If(is_last):
+                m.d.sync += [jrem.eq(desc.k - 1), jfirst.eq(1), first_tile.eq(0),
+                             is_last.eq(k_is_1),
+                             ring_w.eq(~ring_w)]
+                for k in range(2):
+                    with m.If(ring_w == k):
+                        m.d.sync += ring[k].eq(tile_now)
+                with m.If(is_bbuf):
+                    m.d.sync += wb_alloc.eq(~wb_alloc)
+                    for k in range(2):
+                        with m.If(wb_alloc == k):
+                            m.d.sync += blkmeta[k].eq(blk_now)
+                with m.If(is_zero(trem)):
+                    # End of a row pass.
+                    off_next = off_t + (P % L)
+                    carry = off_next >= L
+                    m.d.sync += [
+                        trem.eq(desc.tiles - 1), passes_left.eq(passes_left - 1),
+                        n0.eq(n0 + P), rows_left.eq(rows_left - P),
+                        a_row.eq(a_row + desc.a_stride), a_addr.eq(a_row + desc.a_stride),
+                        b_addr.eq(desc.b_base),
+                        out_row.eq(out_row + desc.out_stride),
+                        e_tile.eq(out_row + desc.out_stride),
+                        pb_tile.eq(desc.p_base), n_left.eq(desc.ncols),
+                        wb_rows.eq(desc.out_base + n0 + P),
+                        off_t.eq(Mux(carry, off_next - L, off_next)),
+                        row_t.eq(row_t + stride_big + Mux(carry, desc.out_stride, 0)),
+                        wb_t.eq(row_t + stride_big + Mux(carry, desc.out_stride, 0)),
+                    ]
+                    with m.If(is_zero(passes_left)):
+                        m.d.sync += active.eq(0)
+                with m.Else():
+                    m.d.sync += [
+                        trem.eq(trem - 1), a_addr.eq(a_row),
+                        e_tile.eq(e_tile + L), pb_tile.eq(pb_tile + 1), n_left.eq(n_left - L),
+                        wb_rows.eq(wb_rows + desc.out_stride), wb_t.eq(wb_t + L),
+                    ]
+
+        # B word: BBUF data in M1, registered for M2, registered again in each PE (M3).
+        b2 = Signal(8 * L)
+        m.d.sync += b2.eq(bank_select(bbuf))
+
+        for pe in pes:
+            m.d.comb += [pe.valid.eq(i_valid), pe.a_addr.eq(i_a), pe.first.eq(i_first),
+                         pe.last.eq(i_last), pe.b.eq(b2)]
+
+        # Central copy of the beat pipeline: which cycle loads the drain registers (M4).
+        c_last = [Signal(name=f"c_last{k}") for k in range(1, 5)]
+        m.d.sync += c_last[0].eq(i_valid & i_last)
+        m.d.sync += [c_last[k + 1].eq(c_last[k]) for k in range(3)]
+        load = c_last[3]
+
+        # ------------------------------------------------------------------ drain control
+        d_active = Signal()
+        d_i = Signal(lsh)
+        d_e = Signal(AB)
+        dm = Signal(tile_layout)
+        with m.If(load):
+            tile = data.View(tile_layout, Mux(ring_r, ring[1].as_value(), ring[0].as_value()))
+            m.d.sync += [d_active.eq(1), d_i.eq(0), d_e.eq(tile.e_tile), dm.eq(tile),
+                         ring_r.eq(~ring_r)]
+        with m.Elif(d_active):
+            m.d.sync += [d_i.eq(d_i + 1), d_e.eq(d_e + 1)]
+            with m.If(d_i == L - 1):
+                m.d.sync += d_active.eq(0)
+
+        # Element metadata pipeline D0 … D_Y.
+        meta_layout = data.StructLayout({
+            "valid": unsigned(1), "col_valid": unsigned(1), "rmask": unsigned(P),
+            "e": unsigned(AB), "i": unsigned(lsh), "dst": unsigned(2), "relu": unsigned(1),
+            "sat": unsigned(2), "tile_end": unsigned(1), "blk": unsigned(1),
+        })
+        meta = [Signal(meta_layout, name=f"meta{k}") for k in range(D_Y + 1)]
+        m.d.comb += [
+            meta[0].valid.eq(d_active), meta[0].col_valid.eq(d_i < dm.ncols),
+            meta[0].rmask.eq(dm.rmask), meta[0].e.eq(d_e), meta[0].i.eq(d_i),
+            meta[0].dst.eq(dm.dst), meta[0].relu.eq((dm.flags & Flag.RELU).any()),
+            meta[0].sat.eq(dm.sat), meta[0].tile_end.eq(d_active & (d_i == L - 1)),
+            meta[0].blk.eq(dm.blk),
+        ]
+        m.d.sync += [meta[k + 1].eq(meta[k]) for k in range(D_Y)]
+
+        # D0: PBUF reads of the column's bias, m, sh; CMEM read (ACCUM start value).
+        d_init = Mux((dm.flags & Flag.BIAS).any(), InitMode.BIAS,
+                     Mux((dm.flags & Flag.ACCUM).any(), InitMode.CMEM, InitMode.ZERO))
+        m.d.comb += [
+            pmem[0].r_addr.eq(Cat(d_i[lsh - 2:], dm.pb_tile)),
+            pmem[1].r_addr.eq(Cat(d_i[lsh - 1:], dm.pb_tile)),
+            pmem[2].r_addr.eq(dm.pb_tile),
+        ]
+        # D1: PBUF data; D2: registered; D3: the column's values selected.
+        prow2 = [bank_select(mem) for mem in pmem]     # registered per bank
+        bias3 = Signal(signed(32))
+        mul3, mul4 = Signal(16), Signal(16)
+        sh3, sh4 = Signal(8), Signal(8)
+        i2 = meta[2].i
+        m.d.sync += [
+            bias3.eq(select(prow2[0], i2[:lsh - 2], 32) if lsh > 2 else prow2[0][:32]),
+            mul3.eq(select(prow2[1], i2[:lsh - 1], 16)),
+            sh3.eq(select(prow2[2], i2, 8)),
+            mul4.eq(mul3), sh4.eq(sh3),
+        ]
+
+        busy = Signal()
+        m.d.comb += [busy.eq(active | outstanding.any()), self.busy.eq(busy)]
+        cmem_pe1, cmem_pe2 = Signal.like(self.cmem_r_pe), Signal.like(self.cmem_r_pe)
+        m.d.sync += [cmem_pe1.eq(self.cmem_r_pe), cmem_pe2.eq(cmem_pe1)]
+        m.d.comb += self.cmem_rdata.eq(pick((pe.c_rdata for pe in pes), cmem_pe2))
+
+        mw, my = meta[D_W], meta[D_Y]
+        drain_amem = my.valid & (my.dst == Dst.AMEM)
+        m.d.comb += self.amem_w.ready.eq(~drain_amem)
+        aw = self.amem_w.payload
+        for p, pe in enumerate(pes):
+            m.d.comb += [
+                pe.c_raddr.eq(Mux(busy, d_e[csh:], self.cmem_r_addr)),
+                pe.c_slot.eq(d_e[:csh] if csh else 0),
+                pe.d_init.eq(d_init),
+                pe.bias.eq(bias3),
+                pe.c_we.eq(mw.valid & mw.col_valid & mw.rmask[p] & is_zero(mw.dst)),
+                pe.c_waddr.eq(mw.e[csh:]),
+                pe.c_wslot.eq(mw.e[:csh] if csh else 0),
+                pe.m.eq(mul4), pe.sh.eq(sh4), pe.sat.eq(mw.sat), pe.relu.eq(mw.relu),
+            ]
+            with m.If(drain_amem):
+                m.d.comb += [
+                    pe.aw_addr.eq(my.e[lsh:]), pe.aw_from_y.eq(1),
+                    pe.aw_en.eq(Mux(my.col_valid & my.rmask[p], 1 << my.e[:lsh], 0)),
+                ]
+            with m.Else():
+                m.d.comb += [
+                    pe.aw_addr.eq(aw.addr), pe.aw_data.eq(aw.data),
+                    pe.aw_en.eq(Mux(self.amem_w.valid & (is_zero(aw.pe) if p == 0 else aw.pe == p),
+                                       aw.en, 0)),
+                ]
+
+        # ------------------------------------------------------------------ write-back
+        # Two blocks of P×L bytes: the drain fills one (D_Y) while the writer empties the other.
+        blk = [[Signal(8 * L, name=f"blk{b}_{p}") for p in range(P)] for b in range(2)]
+        full = Signal(2)
+        byte_at = Signal(L)
+        m.d.comb += byte_at.eq(Mux(my.valid & my.dst[1], 1 << my.i, 0))
+        for b in range(2):
+            for i in range(L):
+                with m.If(byte_at[i] & (my.blk == b)):
+                    m.d.sync += [blk[b][p][8 * i:8 * i + 8].eq(pe.y[:8])
+                                 for p, pe in enumerate(pes)]
+
+        w_busy = Signal()
+        w_blk = Signal()
+        wm = Signal(blk_layout)
+        w_p = Signal(range(max(P, L) + 1))   # row (ROWS) or column (T)
+        w_g = Signal(range(P // L + 3))
+        w_addr = Signal(AB)                  # T: address of group w_g of column w_p
+        w_done = Signal()
+        # Output register of the writer → BBUF write port.
+        o_valid = Signal()
+        o_addr = Signal(16)
+        o_data = Signal(8 * L)
+        o_mask = Signal(L)
+
+        col = Cat(*(select(Mux(w_blk, blk[1][p], blk[0][p]), w_p[:lsh], 8) for p in range(P)))
+        pbits = max(1, (P - 1).bit_length())
+        rowdata = Mux(w_blk, pick(blk[1], w_p[:pbits]), pick(blk[0], w_p[:pbits]))
+        colmask = wm.rmask
+        # Window of group g: slot s holds row p = g·L + s − off.
+        pad = L
+        col_pad = Cat(Const(0, 8 * pad), col, Const(0, 8 * pad))
+        msk_pad = Cat(Const(0, pad), colmask, Const(0, pad))
+        start = Signal(range(2 * L + P + 1))
+        m.d.comb += start.eq(pad + (w_g << lsh) - wm.off)
+        win_data = (col_pad >> (start * 8))[:8 * L]
+        win_mask = (msk_pad >> start)[:L]
+
+        m.d.sync += o_valid.eq(0)
+        with m.If(~w_busy):
+            bm = data.View(blk_layout, Mux(w_blk, blkmeta[1].as_value(), blkmeta[0].as_value()))
+            with m.If(Mux(w_blk, full[1], full[0])):
+                m.d.sync += [w_busy.eq(1), wm.eq(bm), w_p.eq(0), w_g.eq(0), w_addr.eq(bm.base)]
+        with m.Elif(~wm.trans):
+            # BBUF_ROWS: word out_base + t·out_stride + n holds row n's L results.
+            m.d.sync += [
+                o_valid.eq((wm.rmask >> w_p)[0] & wm.ncols.any()),
+                o_addr.eq(wm.base + w_p), o_data.eq(rowdata),
+                o_mask.eq((Const(1, L + 1) << wm.ncols) - 1),
+                w_p.eq(w_p + 1),
+            ]
+            m.d.comb += w_done.eq(w_p == P - 1 if P > 1 else is_zero(w_p))
+        with m.Else():
+            # BBUF_T: word out_base + (n div L)·out_stride + c holds rows of column c.
+            m.d.sync += [
+                o_valid.eq(win_mask.any() & (w_p < wm.ncols)),
+                o_addr.eq(w_addr + w_p), o_data.eq(win_data), o_mask.eq(win_mask),
+                w_g.eq(w_g + 1), w_addr.eq(w_addr + wm.stride),
+            ]
+            with m.If(w_g == wm.ngroups - 1):
+                m.d.sync += [w_g.eq(0), w_addr.eq(wm.base), w_p.eq(w_p + 1)]
+            m.d.comb += w_done.eq((w_g == wm.ngroups - 1) &
+                                  ((w_p == L - 1) | (w_p + 1 >= wm.ncols)))
+        with m.If(w_busy & w_done):
+            m.d.sync += [w_busy.eq(0), w_blk.eq(~w_blk)]
+
+        # Block bookkeeping: filled at the drain's tile end, emptied by the writer. A finished
+        # block is released one cycle later (wdone_r: off the writer's compare chain), when its
+        # last word is in the BBUF write port.
+        fill_done = my.tile_end & my.dst[1]
+        wdone = w_busy & w_done
+        wdone_r, wblk_r = Signal(), Signal()
+        m.d.sync += [wdone_r.eq(wdone), wblk_r.eq(w_blk)]
+        for b in range(2):
+            with m.If(wdone_r & (wblk_r == b)):
+                m.d.sync += full[b].eq(0)
+            with m.If(fill_done & (my.blk == b)):
+                m.d.sync += full[b].eq(1)
+        take = last_issue & is_bbuf
+        m.d.sync += [
+            credits.eq(credits - take + wdone_r),
+            # credits − take + wdone_r = 0 (take needs a credit: take & wdone_r leaves ≥ 1)
+            no_credit.eq(Mux(take & ~wdone_r, credits == 1,
+                             ~(wdone_r | take) & is_zero(credits))),
+        ]
+        drained = my.tile_end & ~my.dst[1]
+        m.d.sync += outstanding.eq(outstanding + last_issue - drained - wdone_r)
+
+        # BBUF write port: write-back first, then the DMA.
+        m.d.comb += [
+            self.bbuf_w.ready.eq(~o_valid),
+            bbuf.w_addr.eq(Mux(o_valid, o_addr, self.bbuf_w.payload.addr)),
+            bbuf.w_data.eq(Mux(o_valid, o_data, self.bbuf_w.payload.data)),
+            bbuf.w_en.eq(Mux(o_valid, o_mask,
+                            Mux(self.bbuf_w.valid, self.bbuf_w.payload.mask, 0))),
+        ]
+        return m

@@ -1,0 +1,996 @@
+"""Accelerator programs and ext-memory images (docs/isa.md), and the ISA's reference interpreter.
+
+Three layers:
+
+* **Layouts** — numpy conversions between matrices and ext-memory words of L bytes:
+  :func:`a_words` (LOAD_A rows), :func:`b_words` (tile-major BBUF words), :func:`param_words`
+  (7-word PBUF tiles), :func:`c_from_words` (STORE_C blocks).
+* **Builders** — :class:`Assembler` (checked instructions, encoded with ``hw.isa.encode``),
+  :class:`ImageBuilder` (regions of one ext-memory image), and the program generators
+  :func:`matmul_program` / :func:`chain_program`, which return a :class:`Job`: the image, the
+  program, where it starts, and how to read the results back.
+* **Reference** — :func:`interpret`, a numpy interpreter of the ISA built on the golden functions
+  (``sim.golden.matmul``/``requant``). It fetches the program from the image like the hardware
+  does, raises :class:`AcceleratorError` where the hardware sets STATUS.error, and returns the
+  final ext memory and counters; the cycle counters come from the timing model in
+  :class:`CostModel` (``⌈M/P⌉·tiles·K`` per MATMUL plus constants), not from hardware.
+
+Everything the hardware backends must match bit for bit is the final ext memory this
+interpreter produces.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hw.isa import INSTR_BITS, Dst, ErrorCode, Flag, Op, Sat, decode, encode
+
+from .errors import InputError, KwsError
+from .golden import matmul as golden_matmul
+from .golden import requant as golden_requant
+from .golden.fixed import INT8, INT9, INT16, INT32, UINT8
+from .golden.mac import MAX_K, wrap32
+
+__all__ = [
+    "AccelConfig", "AcceleratorError", "Assembler", "Program", "ImageBuilder", "Region", "Job",
+    "OutputBlock", "Stage", "CostModel", "SAT_RANGE", "a_words", "b_words", "param_words",
+    "c_from_words", "matmul_program", "chain_program", "interpret", "status_word",
+]
+
+SAT_RANGE = {Sat.INT8: INT8, Sat.INT9: INT9, Sat.INT16: INT16, Sat.UINT8: UINT8}
+PBUF_TILE_WORDS = 7
+C_TILE_WORDS = 4          # STORE_C: one row's L int32 of one tile
+AMEM_BITS = 9
+BBUF_BITS = 8
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and errors
+
+@dataclass(frozen=True)
+class AccelConfig:
+    """What a program needs to know about one build of the accelerator.
+
+    ``pes``/``lanes`` are P and L; the depths are in the units of docs/isa.md (AMEM and CMEM in
+    elements per PE, BBUF in words, PBUF in tiles, IMEM in instructions). The hardware backends
+    take the real depths from the hardware top (:func:`sim.backends.hardware_config`); the
+    defaults here are only for the golden backend when nothing else is known.
+    ``mem_latency`` is the ext-memory read latency (cycles) of the simulated memory.
+    """
+    pes: int
+    lanes: int
+    amem_depth: int = 4096
+    cmem_depth: int = 4096
+    bbuf_depth: int = 4096
+    pbuf_depth: int = 64
+    imem_depth: int = 256
+    mem_latency: int = 4
+
+    def __post_init__(self):
+        for name in ("pes", "lanes", "amem_depth", "cmem_depth", "bbuf_depth", "pbuf_depth",
+                     "imem_depth", "mem_latency"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise InputError(f"{name} must be a positive integer, not {v!r}")
+            object.__setattr__(self, name, int(v))
+        if self.pes > 255:
+            raise InputError(f"pes must be at most 255, not {self.pes}")
+        if INSTR_BITS % (8 * self.lanes):
+            raise InputError(f"lanes must divide {INSTR_BITS // 8} (an instruction is "
+                             f"{INSTR_BITS // 8} bytes of whole ext words), not {self.lanes}")
+        for name in ("amem_depth", "cmem_depth", "bbuf_depth", "pbuf_depth", "imem_depth"):
+            v = getattr(self, name)
+            if v & (v - 1):
+                raise InputError(f"{name} must be a power of two, not {v}")
+
+    @property
+    def words_per_instr(self):
+        return INSTR_BITS // (8 * self.lanes)
+
+    def replace(self, **kw):
+        return dataclasses.replace(self, **kw)
+
+    def key(self):
+        """A short text naming this configuration (for build folders and reports)."""
+        return (f"p{self.pes}_l{self.lanes}_a{self.amem_depth}_c{self.cmem_depth}"
+                f"_b{self.bbuf_depth}_pb{self.pbuf_depth}_i{self.imem_depth}")
+
+
+class AcceleratorError(KwsError):
+    """The accelerator stopped with STATUS.error (or the interpreter found the same error)."""
+
+    def __init__(self, code, pc, detail="", backend=None):
+        self.code = ErrorCode(code) if int(code) in ErrorCode._value2member_map_ else int(code)
+        self.pc = int(pc)
+        self.detail = detail
+        self.backend = backend
+        name = self.code.name if isinstance(self.code, ErrorCode) else "UNKNOWN"
+        where = f" ({backend})" if backend else ""
+        super().__init__(f"accelerator error {name} (code {int(code)}) at PC {self.pc}{where}"
+                         + (f": {detail}" if detail else ""))
+
+
+class SimulationError(KwsError):
+    """The simulated system failed outside the accelerator (ext-memory access out of the image,
+    watchdog expired, build failed)."""
+
+
+def status_word(*, busy=False, halted=False, error=None):
+    """The STATUS register value for the given state (docs/isa.md host interface)."""
+    code = int(error or 0)
+    return int(busy) | int(halted) << 1 | int(code != 0) << 2 | code << 8
+
+
+# --------------------------------------------------------------------------------------------
+# Layouts (matrix ↔ ext words); every function returns/accepts uint8 arrays of shape (words, L)
+
+def _ceil(a, b):
+    return -(-a // b)
+
+
+def a_words(a, lanes):
+    """LOAD_A format: row n in ``⌈K/L⌉`` words, element j in byte ``j mod L`` of word ``j div L``."""
+    a = np.asarray(a, dtype=np.int64)
+    m, k = a.shape
+    w = _ceil(k, lanes)
+    out = np.zeros((m, w * lanes), dtype=np.int8)
+    out[:, :k] = a
+    return out.view(np.uint8).reshape(m * w, lanes)
+
+
+def b_words(b, lanes):
+    """Tile-major B: word ``t·K + j`` holds ``B[j, t·L … t·L+L−1]`` (columns past N are 0)."""
+    b = np.asarray(b, dtype=np.int64)
+    k, n = b.shape
+    tiles = _ceil(n, lanes)
+    pad = np.zeros((k, tiles * lanes), dtype=np.int8)
+    pad[:, :n] = b
+    return np.ascontiguousarray(pad.reshape(k, tiles, lanes).transpose(1, 0, 2)) \
+        .view(np.uint8).reshape(tiles * k, lanes)
+
+
+def param_words(bias, m, sh, lanes):
+    """PBUF tiles: per tile 4 words of int32 biases, 2 of int16 multipliers, 1 of uint8 shifts."""
+    bias, m, sh = (np.asarray(x, dtype=np.int64) for x in (bias, m, sh))
+    n = bias.shape[0]
+    tiles = _ceil(n, lanes)
+    out = np.zeros((tiles, PBUF_TILE_WORDS, lanes), dtype=np.uint8)
+    bp = np.zeros(tiles * lanes, dtype="<i4")
+    mp = np.zeros(tiles * lanes, dtype="<i2")
+    sp = np.zeros(tiles * lanes, dtype=np.uint8)
+    bp[:n], mp[:n], sp[:n] = bias, m, sh
+    out[:, 0:4, :] = bp.view(np.uint8).reshape(tiles, 4, lanes)
+    out[:, 4:6, :] = mp.view(np.uint8).reshape(tiles, 2, lanes)
+    out[:, 6, :] = sp.reshape(tiles, lanes)
+    return out.reshape(tiles * PBUF_TILE_WORDS, lanes)
+
+
+def c_from_words(words, rows, tiles, lanes):
+    """STORE_C block → int64 (rows, tiles·L): row n, tile t in 4 words at ``(n·tiles + t)·4``."""
+    w = np.ascontiguousarray(np.asarray(words, dtype=np.uint8)[:rows * tiles * C_TILE_WORDS])
+    return w.reshape(-1).view("<i4").reshape(rows, tiles * lanes).astype(np.int64)
+
+
+def _instr_words(word, lanes):
+    return np.frombuffer(int(word).to_bytes(INSTR_BITS // 8, "little"), dtype=np.uint8) \
+        .reshape(-1, lanes)
+
+
+# --------------------------------------------------------------------------------------------
+# Programs
+
+@dataclass
+class Program:
+    """A list of decoded instructions (dicts of ``hw.isa.FIELDS``) with encoding helpers."""
+    instrs: list = field(default_factory=list)
+
+    def __len__(self):
+        return len(self.instrs)
+
+    def encode(self):
+        """The 256-bit instruction words."""
+        return [encode(i["op"], **{k: v for k, v in i.items() if k != "op"}) for i in self.instrs]
+
+    def to_words(self, lanes):
+        """The program as ext words (``len · 32/L`` rows of L bytes)."""
+        if not self.instrs:
+            return np.zeros((0, lanes), dtype=np.uint8)
+        return np.concatenate([_instr_words(w, lanes) for w in self.encode()])
+
+    @classmethod
+    def from_words(cls, words):
+        """Decode ext words (uint8, ``(n·32/L, L)``) back into a program."""
+        raw = np.asarray(words, dtype=np.uint8).reshape(-1, INSTR_BITS // 8)
+        return cls([decode(int.from_bytes(r.tobytes(), "little")) for r in raw])
+
+    def disassemble(self):
+        lines = []
+        for pc, i in enumerate(self.instrs):
+            try:
+                name = Op(i["op"]).name
+            except ValueError:
+                name = f"op{i['op']:#04x}"
+            args = ", ".join(f"{k}={v}" for k, v in i.items() if k != "op" and v)
+            lines.append(f"{pc:4d}: {name} {args}".rstrip())
+        return "\n".join(lines)
+
+
+class Assembler:
+    """Builds a :class:`Program` with every field checked against ``hw.isa.FIELDS`` widths and,
+    with ``check=True`` (default), against the memory depths of ``config`` — an instruction the
+    hardware would reject is refused here with :class:`InputError`. :meth:`raw` skips all checks
+    (for tests of the hardware's own error detection)."""
+
+    def __init__(self, config, *, check=True):
+        self.cfg = config
+        self.check = check
+        self.program = Program()
+
+    def _emit(self, op, **fields):
+        try:
+            encode(op, **fields)
+        except ValueError as e:
+            raise InputError(f"{Op(op).name}: {e}") from None
+        if self.check:
+            err = static_check(dict(op=int(op), **_full(fields)), self.cfg)
+            if err is not None:
+                raise InputError(f"{Op(op).name} at PC {len(self.program)} would fail on the "
+                                 f"accelerator: {err[0].name} ({err[1]})")
+        self.program.instrs.append(dict(op=int(op), **_full(fields)))
+        return len(self.program) - 1
+
+    def raw(self, op, **fields):
+        """Append any instruction, checks off (op may be any 8-bit value)."""
+        encode(0, **fields)
+        self.program.instrs.append(dict(op=int(op), **_full(fields)))
+        return len(self.program) - 1
+
+    def nop(self):
+        return self._emit(Op.NOP)
+
+    def halt(self):
+        return self._emit(Op.HALT)
+
+    def sync(self):
+        return self._emit(Op.SYNC)
+
+    def load_b(self, ext_addr, count, b_base=0):
+        return self._emit(Op.LOAD_B, ext_addr=ext_addr, count=count, b_base=b_base)
+
+    def load_a(self, ext_addr, rows, k, a_base=0, a_stride=None):
+        return self._emit(Op.LOAD_A, ext_addr=ext_addr, rows=rows, k=k, a_base=a_base,
+                          a_stride=k if a_stride is None else a_stride)
+
+    def load_p(self, ext_addr, count, p_base=0):
+        return self._emit(Op.LOAD_P, ext_addr=ext_addr, count=count, p_base=p_base)
+
+    def store_c(self, ext_addr, rows, tiles, out_base=0, out_stride=None):
+        return self._emit(Op.STORE_C, ext_addr=ext_addr, rows=rows, tiles=tiles, out_base=out_base,
+                          out_stride=tiles * self.cfg.lanes if out_stride is None else out_stride)
+
+    def matmul(self, *, rows, k, tiles, n=0, a_base=0, a_stride=None, b_base=0, p_base=0,
+               dst=Dst.CMEM, out_base=0, out_stride=None, sat=Sat.INT8, bias=False, accum=False,
+               relu=False):
+        """``n``: the number of result columns written (field ``count``; 0 means tiles·L)."""
+        flags = (Flag.BIAS if bias else 0) | (Flag.ACCUM if accum else 0) | (Flag.RELU if relu else 0)
+        if out_stride is None:
+            out_stride = tiles * self.cfg.lanes
+        return self._emit(Op.MATMUL, rows=rows, k=k, tiles=tiles, a_base=a_base,
+                          a_stride=k if a_stride is None else a_stride, b_base=b_base,
+                          p_base=p_base, dst=int(dst), out_base=out_base, out_stride=out_stride,
+                          sat=int(sat), flags=int(flags), count=n)
+
+
+def _full(fields):
+    from hw.isa import FIELDS
+    out = {name: 0 for name, _ in FIELDS if name != "op"}
+    out.update({k: int(v) for k, v in fields.items()})
+    return out
+
+
+def static_check(i, cfg):
+    """The decode-time check of one instruction: ``None`` or ``(ErrorCode, reason)``.
+
+    Mirrors the controller (hw/controller.py), including the priority when several checks
+    fail: ILLEGAL_OPCODE, BAD_FIELD, AMEM_RANGE (A read, then AMEM write), CMEM_RANGE,
+    BBUF_RANGE (B read or BBUF write), PBUF_RANGE. Extents use ``⌈rows/P⌉`` local rows (PE 0
+    has the most) and, for MATMUL writes, N = ``count`` (0 means tiles·L). A LOAD_A or STORE_C
+    with nothing to move (rows, k or tiles 0) is not range-checked; LOAD_B/LOAD_P always are.
+    """
+    P, L = cfg.pes, cfg.lanes
+    op = i["op"]
+    if op not in Op._value2member_map_:
+        return ErrorCode.ILLEGAL_OPCODE, f"opcode {op:#04x}"
+    op = Op(op)
+    R = _ceil(i["rows"], P)
+    rm1 = max(R - 1, 0)
+    errs = []       # (code, reason) in priority order
+
+    def over(code, what, end, limit):
+        if end > limit:
+            errs.append((code, f"{what} end {end} > depth {limit}"))
+
+    if op == Op.LOAD_B:
+        over(ErrorCode.BBUF_RANGE, "BBUF write", i["b_base"] + i["count"], cfg.bbuf_depth)
+    elif op == Op.LOAD_P:
+        over(ErrorCode.PBUF_RANGE, "PBUF write", i["p_base"] + i["count"], cfg.pbuf_depth)
+    elif op == Op.LOAD_A:
+        if i["rows"] and i["k"]:
+            over(ErrorCode.AMEM_RANGE, "AMEM write", i["a_base"] + rm1 * i["a_stride"] + i["k"],
+                 cfg.amem_depth)
+    elif op == Op.STORE_C:
+        if i["rows"] and i["tiles"]:
+            over(ErrorCode.CMEM_RANGE, "CMEM read",
+                 i["out_base"] + rm1 * i["out_stride"] + i["tiles"] * L, cfg.cmem_depth)
+    elif op == Op.MATMUL:
+        M, K, T, dst, sat, flags = (i[f] for f in ("rows", "k", "tiles", "dst", "sat", "flags"))
+        N = i["count"] or T * L
+        if not (M and K and T):
+            return ErrorCode.BAD_FIELD, "rows, k and tiles must be non-zero"
+        if i["count"] > T * L:
+            return ErrorCode.BAD_FIELD, f"count (N) {i['count']} > tiles·L = {T * L}"
+        if dst > max(Dst) or sat > max(Sat):
+            return ErrorCode.BAD_FIELD, f"dst {dst} / sat {sat} out of range"
+        if flags & ~int(Flag.BIAS | Flag.ACCUM | Flag.RELU):
+            return ErrorCode.BAD_FIELD, f"unknown flag bits {flags:#04x}"
+        if flags & Flag.ACCUM and dst != Dst.CMEM:
+            return ErrorCode.BAD_FIELD, "ACCUM needs dst CMEM"
+        if dst == Dst.AMEM and sat == Sat.INT16:
+            return ErrorCode.BAD_FIELD, "AMEM holds int9: sat INT16 is not allowed"
+        if dst in (Dst.BBUF_ROWS, Dst.BBUF_T) and sat != Sat.INT8:
+            return ErrorCode.BAD_FIELD, "BBUF holds int8: sat must be INT8"
+        over(ErrorCode.AMEM_RANGE, "A read", i["a_base"] + rm1 * i["a_stride"] + K,
+             cfg.amem_depth)
+        if dst == Dst.BBUF_ROWS:
+            o_end = i["out_base"] + (T - 1) * i["out_stride"] + M
+        elif dst == Dst.BBUF_T:
+            o_end = i["out_base"] + (_ceil(M, L) - 1) * i["out_stride"] + N
+        else:
+            o_end = i["out_base"] + rm1 * i["out_stride"] + N
+        if dst == Dst.AMEM:
+            over(ErrorCode.AMEM_RANGE, "AMEM write", o_end, cfg.amem_depth)
+        if dst == Dst.CMEM:
+            over(ErrorCode.CMEM_RANGE, "CMEM write", o_end, cfg.cmem_depth)
+        over(ErrorCode.BBUF_RANGE, "B read", i["b_base"] + T * K, cfg.bbuf_depth)
+        if dst in (Dst.BBUF_ROWS, Dst.BBUF_T):
+            over(ErrorCode.BBUF_RANGE, "BBUF write", o_end, cfg.bbuf_depth)
+        if flags & Flag.BIAS or dst != Dst.CMEM:
+            over(ErrorCode.PBUF_RANGE, "PBUF read", i["p_base"] + T, cfg.pbuf_depth)
+    return errs[0] if errs else None
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    addr: int
+    words: int
+
+
+class ImageBuilder:
+    """Lays out named regions one after another in an ext-memory image of L-byte words."""
+
+    def __init__(self, lanes, *, base=0):
+        self.lanes = lanes
+        self.next = base
+        self.base = base
+        self.regions = {}
+        self._data = []
+
+    def _region(self, name, words):
+        if name in self.regions:
+            raise ValueError(f"region {name!r} already placed")
+        r = Region(name, self.next, int(words))
+        self.regions[name] = r
+        self.next += int(words)
+        return r
+
+    def place(self, name, words):
+        """Put ``words`` (uint8 ``(n, L)``) at the next free address; return the :class:`Region`."""
+        words = np.asarray(words, dtype=np.uint8).reshape(-1, self.lanes)
+        r = self._region(name, len(words))
+        self._data.append((r.addr, words))
+        return r
+
+    def reserve(self, name, words):
+        """Zero-filled space (outputs)."""
+        return self._region(name, words)
+
+    def put_a(self, name, a):
+        return self.place(name, a_words(a, self.lanes))
+
+    def put_b(self, name, b):
+        return self.place(name, b_words(b, self.lanes))
+
+    def put_params(self, name, bias, m, sh):
+        return self.place(name, param_words(bias, m, sh, self.lanes))
+
+    def put_program(self, name, program):
+        return self.place(name, program.to_words(self.lanes))
+
+    def build(self):
+        img = np.zeros((self.next, self.lanes), dtype=np.uint8)
+        for addr, words in self._data:
+            img[addr:addr + len(words)] = words
+        return img
+
+
+# --------------------------------------------------------------------------------------------
+# Jobs: matmul and chains of matmuls
+
+@dataclass(frozen=True)
+class OutputBlock:
+    """One STORE_C block: rows ``row0…row0+rows−1``, column tiles ``t0…t0+tiles−1``."""
+    ext_addr: int
+    row0: int
+    rows: int
+    t0: int
+    tiles: int
+
+
+@dataclass
+class Job:
+    """An image with its program and the way back to the result matrix.
+
+    ``image`` is the whole ext memory (uint8 ``(words, L)``) with the program at ``prog_base``.
+    :meth:`read` turns a final ext memory into the (M, N) result (int64 holding int32, or the
+    requantized values when the last stage requantizes).
+    """
+    config: AccelConfig
+    image: np.ndarray
+    program: Program
+    prog_base: int
+    shape: tuple               # (M, N) of the result
+    blocks: list
+    regions: dict
+    mac_ops: int               # Σ M·K·N over the stages (useful multiply-accumulates)
+    notes: list = field(default_factory=list)
+
+    @property
+    def prog_len(self):
+        return len(self.program)
+
+    def read(self, ext):
+        ext = np.asarray(ext, dtype=np.uint8).reshape(-1, self.config.lanes)
+        M, N = self.shape
+        L = self.config.lanes
+        out = np.zeros((M, _ceil(N, L) * L), dtype=np.int64)
+        for blk in self.blocks:
+            words = ext[blk.ext_addr:blk.ext_addr + blk.rows * blk.tiles * C_TILE_WORDS]
+            out[blk.row0:blk.row0 + blk.rows, blk.t0 * L:(blk.t0 + blk.tiles) * L] = \
+                c_from_words(words, blk.rows, blk.tiles, L)
+        return out[:, :N]
+
+
+@dataclass
+class Stage:
+    """One matmul of a chain: ``y = requant(x·B + bias)`` (or the int32 accumulator when
+    ``m``/``sh`` are None, allowed for the last stage only)."""
+    b: np.ndarray
+    bias: np.ndarray | None = None
+    m: np.ndarray | None = None
+    sh: np.ndarray | None = None
+    sat: Sat = Sat.INT8
+    relu: bool = False
+
+    @property
+    def requant(self):
+        return self.m is not None
+
+
+def _as_int_matrix(x, name, lo, hi, *, dims=2):
+    if x is None:
+        raise InputError(f"{name} is missing")
+    arr = np.asarray(x)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise InputError(f"{name} contains NaN or infinity")
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if arr.ndim != dims:
+        raise InputError(f"{name} must have {dims} dimension(s), got shape {arr.shape}")
+    if 0 in arr.shape:
+        raise InputError(f"{name} is empty (shape {arr.shape})")
+    arr = arr.astype(np.int64)
+    if arr.min() < lo or arr.max() > hi:
+        raise InputError(f"{name} values must lie in [{lo}, {hi}], found [{arr.min()}, {arr.max()}]")
+    return arr
+
+
+def _per_column(x, n, name, lo, hi):
+    arr = np.asarray(x)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise InputError(f"{name} contains NaN or infinity")
+    if arr.dtype.kind not in "iu":
+        raise InputError(f"{name} must be integers, got dtype {arr.dtype}")
+    try:
+        arr = np.broadcast_to(arr.astype(np.int64), (n,))
+    except ValueError:
+        raise InputError(f"{name} must be a scalar or have {n} elements, got shape {arr.shape}") from None
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        raise InputError(f"{name} values must lie in [{lo}, {hi}], found [{arr.min()}, {arr.max()}]")
+    return arr.copy()
+
+
+def matmul_program(a, b, *, pes=None, lanes=None, config=None, bias=None, requant=None,
+                   sat=Sat.INT8, relu=False):
+    """``C = A·B (+ bias)`` as a :class:`Job`.
+
+    a : int8 (M, K) — loaded with LOAD_A, so the int8 range (the ext format is int8).
+    b : int8 (K, N).
+    bias : int32 (N,), optional — accumulators start at it (flags.BIAS).
+    requant : ``(m, sh)``, optional — per-column (or scalar) multiplier uint15 and shift 0…47;
+        the result is then ``sat(requant(acc))`` (``relu`` optional). The ISA stores only int32
+        accumulators to ext memory, so the requantized matrix is written to AMEM and moved out by
+        a second matmul with the identity (exact; costs ``⌈M/P⌉·⌈N/L⌉·N`` more MAC cycles), which
+        restricts ``sat`` to what AMEM (int9) holds: INT8, INT9 or UINT8.
+    pes, lanes or config : the accelerator (an :class:`AccelConfig`; ``pes``/``lanes`` alone
+        use the default depths).
+    """
+    cfg = _config(config, pes, lanes)
+    a = _as_int_matrix(a, "A", *INT8)
+    b = _as_int_matrix(b, "B", *INT8)
+    if a.shape[1] != b.shape[0]:
+        raise InputError(f"A is {a.shape[0]}×{a.shape[1]} but B is {b.shape[0]}×{b.shape[1]}: "
+                         f"the inner dimensions differ")
+    m = sh = None
+    if requant is not None:
+        try:
+            m, sh = requant
+        except (TypeError, ValueError):
+            raise InputError("requant must be a pair (m, sh)") from None
+    return chain_program(a, [Stage(b, bias=bias, m=m, sh=sh, sat=sat, relu=relu)], config=cfg)
+
+
+def _config(config, pes, lanes):
+    if config is not None:
+        if (pes is not None and pes != config.pes) or (lanes is not None and lanes != config.lanes):
+            raise InputError("pes/lanes disagree with config")
+        return config
+    if pes is None or lanes is None:
+        raise InputError("give pes and lanes, or a config")
+    return AccelConfig(pes=pes, lanes=lanes)
+
+
+def chain_program(a, stages, *, pes=None, lanes=None, config=None):
+    """``x₀ = A``; ``x_{i+1} = stage_i(x_i)`` on the accelerator with every intermediate kept in
+    AMEM (dst AMEM), the last stage to CMEM and ext memory. See :class:`Stage`.
+
+    Rows are processed in chunks that fit AMEM, columns in tile chunks that fit half of BBUF,
+    PBUF and CMEM, double-buffered (the next chunk's LOAD_B/LOAD_P run behind the current
+    MATMUL, the previous chunk's STORE_C behind the next).
+    """
+    cfg = _config(config, pes, lanes)
+    P, L = cfg.pes, cfg.lanes
+    a = _as_int_matrix(a, "A", *INT8)
+    M, K0 = a.shape
+    stages = [s if isinstance(s, Stage) else Stage(**s) for s in stages]
+    if not stages:
+        raise InputError("a chain needs at least one stage")
+
+    # ---- check and normalise every stage
+    width = K0
+    amax = int(np.abs(a).max())
+    plan = []
+    mac_ops = 0
+    for idx, s in enumerate(stages):
+        name = f"B{idx + 1}" if len(stages) > 1 else "B"
+        b = _as_int_matrix(s.b, name, *INT8)
+        if b.shape[0] != width:
+            raise InputError(f"{name} has {b.shape[0]} rows but its input has {width} columns")
+        k, n = b.shape
+        bias = None if s.bias is None else _per_column(s.bias, n, f"bias of {name}", *INT32)
+        bound = (0 if bias is None else int(np.abs(bias).max())) + k * amax * int(np.abs(b).max())
+        if bound >= 1 << 31:
+            raise InputError(f"{name}: |bias| + K·max|a|·max|b| = {bound} reaches 2³¹; the int32 "
+                             f"accumulator could wrap")
+        last = idx == len(stages) - 1
+        mm = ss = None
+        sat = Sat.INT8
+        if s.requant:
+            try:
+                sat = Sat[s.sat.upper()] if isinstance(s.sat, str) else Sat(s.sat)
+            except (KeyError, ValueError):
+                raise InputError(f"sat must be one of {', '.join(x.name for x in Sat)}") from None
+            if sat == Sat.INT16:
+                raise InputError("sat INT16 cannot be kept in AMEM (int9); requantize to INT8, "
+                                 "INT9 or UINT8")
+            if s.sh is None:
+                raise InputError(f"{name}: requant needs both m and sh")
+            mm = _per_column(s.m, n, f"m of {name}", 0, (1 << 15) - 1)
+            ss = _per_column(s.sh, n, f"sh of {name}", 0, 47)
+            lo, hi = SAT_RANGE[sat]
+            amax = max(-lo, hi)
+        elif not last:
+            raise InputError(f"{name}: every stage but the last must requantize (m, sh)")
+        elif s.relu:
+            raise InputError("relu needs requant")
+        plan.append(dict(k=k, n=n, b=b, bias=bias, m=mm, sh=ss, sat=sat, relu=bool(s.relu)))
+        mac_ops += M * k * n
+        width = n
+    out_n = width
+    if plan[-1]["m"] is not None:
+        plan.append(dict(k=out_n, n=out_n, b=np.eye(out_n, dtype=np.int64), bias=None, m=None,
+                         sh=None, sat=Sat.INT8, relu=False, identity=True))
+    for st in plan:
+        if st["k"] > MAX_K:
+            raise InputError(f"K = {st['k']} exceeds {MAX_K}")
+        if st["k"] > cfg.amem_depth:
+            raise InputError(f"K = {st['k']} does not fit AMEM ({cfg.amem_depth} elements per PE)")
+        if st["k"] > cfg.bbuf_depth:
+            raise InputError(f"K = {st['k']} does not fit BBUF ({cfg.bbuf_depth} words)")
+    if L > cfg.cmem_depth:
+        raise InputError(f"CMEM ({cfg.cmem_depth}) holds less than one tile row ({L})")
+
+    # ---- AMEM: two ping-pong regions; x_i lives in region i % 2 (row stride = its width)
+    # (row starts that are multiples of L let LOAD_A write one word per cycle, hw/dma.py)
+    widths = [_ceil(K0, L) * L] + [_ceil(st["n"], L) * L for st in plan[:-1]]
+    w_even = max(widths[0::2])
+    w_odd = max(widths[1::2], default=0)
+    r_a = min(_ceil(M, P), cfg.amem_depth // (w_even + w_odd))
+    if r_a < 1:
+        raise InputError(f"one row of the chain needs {w_even + w_odd} AMEM elements per PE, "
+                         f"more than the {cfg.amem_depth} there are")
+    r_a = min(r_a, cfg.cmem_depth // L)          # one tile of the local rows must fit CMEM
+    # CMEM, BBUF, PBUF: two halves when a chunk fits one (double buffering), else one buffer
+    half_c = cfg.cmem_depth // 2 if cfg.cmem_depth // 2 >= r_a * L else cfg.cmem_depth
+    half_p = max(1, cfg.pbuf_depth // 2)
+    rows_per_chunk = r_a * P
+
+    # ---- image: operands, parameters, outputs; the program goes last
+    img = ImageBuilder(L)
+    a_reg = img.put_a("A", a)
+    for idx, st in enumerate(plan):
+        st["b_reg"] = img.put_b(f"B{idx}", st["b"])
+        st["tiles"] = _ceil(st["n"], L)
+        st["p_reg"] = None
+        if st["bias"] is not None or st["m"] is not None:
+            z = np.zeros(st["n"], np.int64)
+            st["p_reg"] = img.put_params(f"P{idx}", *(z if x is None else x for x in
+                                                      (st["bias"], st["m"], st["sh"])))
+        half_b = cfg.bbuf_depth // 2 if cfg.bbuf_depth // 2 >= st["k"] else cfg.bbuf_depth
+        tc = min(st["tiles"], half_b // st["k"], 255)
+        if st["p_reg"] is not None:
+            tc = min(tc, half_p)
+        if idx == len(plan) - 1:
+            tc = min(tc, half_c // (r_a * L))
+        st["tc"], st["half_b"] = max(1, tc), half_b
+    c_reg = img.reserve("C", M * plan[-1]["tiles"] * C_TILE_WORDS)
+
+    asm = Assembler(cfg)
+    blocks = []
+    c_off = 0                # running ext offset inside region C
+    buf = 0                  # half of BBUF/PBUF the next load goes to
+    cbuf = 0                 # half of CMEM the next final MATMUL writes
+
+    def overlap(r1, r2):
+        return r1 is not None and r2 is not None and r1[0] < r2[1] and r2[0] < r1[1]
+
+    def plan_loads(i, t0, tn, half):
+        st = plan[i]
+        bb = half * st["half_b"] if st["half_b"] < cfg.bbuf_depth else 0
+        pb = half * half_p if 2 * half_p <= cfg.pbuf_depth else 0
+        return dict(i=i, t0=t0, tn=tn, bb=bb, pb=pb,
+                    b_rng=(bb, bb + tn * st["k"]),
+                    p_rng=(pb, pb + tn) if st["p_reg"] is not None else None)
+
+    def emit_loads(ld):
+        st = plan[ld["i"]]
+        asm.load_b(st["b_reg"].addr + ld["t0"] * st["k"], ld["tn"] * st["k"], ld["bb"])
+        if st["p_reg"] is not None:
+            asm.load_p(st["p_reg"].addr + ld["t0"] * PBUF_TILE_WORDS, ld["tn"], ld["pb"])
+
+    pending_store = None     # CMEM range a queued STORE_C still reads
+    for row0 in range(0, M, rows_per_chunk):
+        rows = min(rows_per_chunk, M - row0)
+        asm.load_a(a_reg.addr + row0 * _ceil(K0, L), rows, K0, 0, w_even)
+        work = [(i, t0, min(st["tc"], st["tiles"] - t0))
+                for i, st in enumerate(plan) for t0 in range(0, st["tiles"], st["tc"])]
+        cur = plan_loads(*work[0], buf)
+        emit_loads(cur)
+        asm.sync()
+        for j, (i, t0, tn) in enumerate(work):
+            st = plan[i]
+            final = i == len(plan) - 1
+            even = i % 2 == 0
+            kw = dict(rows=rows, k=st["k"], tiles=tn, n=min(tn * L, st["n"] - t0 * L),
+                      a_base=0 if even else w_even * r_a,
+                      a_stride=w_even if even else w_odd, b_base=cur["bb"], p_base=cur["pb"],
+                      bias=st["bias"] is not None)
+            if final:
+                cb = cbuf * half_c if half_c < cfg.cmem_depth else 0
+                c_rng = (cb, cb + (r_a - 1) * tn * L + tn * L)
+                if overlap(c_rng, pending_store):
+                    asm.sync()
+                asm.matmul(dst=Dst.CMEM, out_base=cb, out_stride=tn * L, **kw)
+            else:
+                asm.matmul(dst=Dst.AMEM, out_base=(w_even * r_a if even else 0) + t0 * L,
+                           out_stride=w_odd if even else w_even, sat=st["sat"], relu=st["relu"],
+                           **kw)
+            if j + 1 < len(work):
+                buf ^= 1
+                nxt = plan_loads(*work[j + 1], buf)
+                if overlap(nxt["b_rng"], cur["b_rng"]) or overlap(nxt["p_rng"], cur["p_rng"]):
+                    asm.sync()          # single buffer: the array must be done with it first
+                emit_loads(nxt)
+                cur = nxt
+            asm.sync()
+            pending_store = None
+            if final:
+                asm.store_c(c_reg.addr + c_off, rows, tn, cb, tn * L)
+                pending_store = c_rng
+                blocks.append(OutputBlock(c_reg.addr + c_off, row0, rows, t0, tn))
+                c_off += rows * tn * C_TILE_WORDS
+                cbuf ^= 1
+        buf ^= 1
+    asm.halt()
+    if len(asm.program) > cfg.imem_depth:
+        raise InputError(f"the program needs {len(asm.program)} instructions, IMEM holds "
+                         f"{cfg.imem_depth}")
+    prog_reg = img.put_program("program", asm.program)
+    notes = []
+    if plan[-1].get("identity"):
+        notes.append("requantized output moved out through an identity matmul (the ISA stores "
+                     "only int32 accumulators)")
+    return Job(config=cfg, image=img.build(), program=asm.program, prog_base=prog_reg.addr,
+               shape=(M, out_n), blocks=blocks, regions=dict(img.regions), mac_ops=mac_ops,
+               notes=notes)
+
+
+def chain_reference(a, stages):
+    """What :func:`chain_program` computes, with the golden functions only (for tests)."""
+    x = np.asarray(a, dtype=np.int64)
+    for s in stages:
+        s = s if isinstance(s, Stage) else Stage(**s)
+        n = np.asarray(s.b).shape[1]
+        c0 = None if s.bias is None else np.broadcast_to(np.asarray(s.bias, np.int64), (n,))
+        acc = golden_matmul(x, s.b, c0)
+        if s.m is None:
+            x = acc
+            continue
+        lo, hi = SAT_RANGE[Sat(s.sat)]
+        x = golden_requant(acc, np.broadcast_to(s.m, (n,)), np.broadcast_to(s.sh, (n,)), lo, hi)
+        if s.relu:
+            x = np.maximum(x, 0)
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# Timing model (golden backend's counters)
+
+@dataclass
+class CostModel:
+    """Instruction-level timing of the hardware as documented (docs/isa.md, the docstrings of
+    hw/controller.py, hw/dma.py, hw/array.py):
+
+    * the program is loaded by DMA (one word per cycle after ``mem_latency``);
+    * every instruction takes ``issue`` (7) cycles from fetch to dispatch;
+    * LOAD_* / STORE_C queue to the DMA engine (one word per cycle, reads after
+      ``mem_latency``); STORE_C starts only when the array has written everything back;
+    * a MATMUL dispatches when every DMA transfer is done and the array has stopped issuing
+      (after a MATMUL to AMEM/BBUF: when it has fully finished), then issues
+      ``⌈M/P⌉·tiles·max(K, L)`` beats; its results land ``drain`` cycles after the last beat;
+    * SYNC and HALT wait for the DMA and the array to be idle.
+
+    An estimate for the golden backend, not a measurement (``benchmarks/matmul.py`` compares
+    it with the RTL's counters)."""
+    mem_latency: int = 4
+    issue: int = 7
+    dma_setup: int = 2
+    drain_extra: int = 12          # drain = L + drain_extra
+
+    def run(self, program, cfg, prog_len=None):
+        """Counters for a program executed from start to HALT (no errors)."""
+        P, L = cfg.pes, cfg.lanes
+        n = len(program) if prog_len is None else prog_len
+        t = self.dma_setup + n * cfg.words_per_instr + self.mem_latency   # program load
+        dma_free = t               # the DMA queue drains at dma_free
+        active_end = busy_end = t  # the array stops issuing / has written back everything
+        prev_local = False
+        mac = stall_dma = instret = 0
+        for i in program.instrs:
+            op = i["op"]
+            t += self.issue
+            instret += 1
+            if op in (Op.LOAD_A, Op.LOAD_B, Op.LOAD_P, Op.STORE_C):
+                if op == Op.LOAD_A:
+                    words = i["rows"] * _ceil(i["k"], L)
+                elif op == Op.LOAD_B:
+                    words = i["count"]
+                elif op == Op.LOAD_P:
+                    words = i["count"] * PBUF_TILE_WORDS
+                else:
+                    words = i["rows"] * i["tiles"] * C_TILE_WORDS
+                start = max(dma_free, t) if op != Op.STORE_C else max(dma_free, t, busy_end)
+                lat = self.mem_latency if op != Op.STORE_C else 0
+                dma_free = start + self.dma_setup + words + lat
+            elif op == Op.MATMUL:
+                ready = max(t, dma_free, active_end, busy_end if prev_local else 0)
+                stall_dma += max(0, dma_free - t)
+                beats = _ceil(i["rows"], P) * i["tiles"] * max(i["k"], L)
+                mac += beats
+                t = ready
+                active_end = ready + 1 + beats
+                busy_end = active_end + L + self.drain_extra
+                prev_local = i["dst"] != Dst.CMEM
+            elif op in (Op.SYNC, Op.HALT):
+                stall_dma += max(0, dma_free - t)
+                t = max(t, dma_free, busy_end)
+                if op == Op.HALT:
+                    break
+        return {"CYCLES": t, "MAC_CYCLES": mac, "STALL_DMA": stall_dma, "STALL_WB": 0,
+                "INSTRET": instret}
+
+
+# --------------------------------------------------------------------------------------------
+# Reference interpreter
+
+class _Machine:
+    def __init__(self, ext, cfg):
+        self.cfg = cfg
+        P, L = cfg.pes, cfg.lanes
+        self.ext = np.array(ext, dtype=np.uint8).reshape(-1, L)
+        self.amem = np.zeros((P, cfg.amem_depth), dtype=np.int64)
+        self.cmem = np.zeros((P, cfg.cmem_depth), dtype=np.int64)
+        self.bbuf = np.zeros((cfg.bbuf_depth, L), dtype=np.int64)
+        self.p_bias = np.zeros((cfg.pbuf_depth, L), dtype=np.int64)
+        self.p_m = np.zeros((cfg.pbuf_depth, L), dtype=np.int64)
+        self.p_sh = np.zeros((cfg.pbuf_depth, L), dtype=np.int64)
+
+    def ext_read(self, addr, count, pc):
+        if addr + count > len(self.ext):
+            raise SimulationError(f"PC {pc}: ext read of words {addr}…{addr + count - 1} past the "
+                                  f"end of the {len(self.ext)}-word memory")
+        return self.ext[addr:addr + count]
+
+    def ext_write(self, addr, words, pc):
+        if addr + len(words) > len(self.ext):
+            raise SimulationError(f"PC {pc}: ext write of words {addr}…{addr + len(words) - 1} past "
+                                  f"the end of the {len(self.ext)}-word memory")
+        self.ext[addr:addr + len(words)] = words
+
+    # -- instructions (fields already range-checked by static_check)
+    def load_a(self, i, pc):
+        P, L = self.cfg.pes, self.cfg.lanes
+        rows, k = i["rows"], i["k"]
+        if not rows or not k:
+            return
+        w = _ceil(k, L)
+        data = self.ext_read(i["ext_addr"], rows * w, pc).view(np.int8).reshape(rows, w * L)[:, :k]
+        for n in range(rows):
+            base = i["a_base"] + (n // P) * i["a_stride"]
+            self.amem[n % P, base:base + k] = data[n]
+
+    def load_b(self, i, pc):
+        if i["count"]:
+            self.bbuf[i["b_base"]:i["b_base"] + i["count"]] = \
+                self.ext_read(i["ext_addr"], i["count"], pc).view(np.int8)
+
+    def load_p(self, i, pc):
+        cnt, L = i["count"], self.cfg.lanes
+        if not cnt:
+            return
+        raw = np.ascontiguousarray(self.ext_read(i["ext_addr"], cnt * PBUF_TILE_WORDS, pc)) \
+            .reshape(cnt, PBUF_TILE_WORDS * L)
+        sl = slice(i["p_base"], i["p_base"] + cnt)
+        self.p_bias[sl] = np.ascontiguousarray(raw[:, :4 * L]).view("<i4")
+        self.p_m[sl] = np.ascontiguousarray(raw[:, 4 * L:6 * L]).view("<i2")
+        self.p_sh[sl] = raw[:, 6 * L:]
+
+    def store_c(self, i, pc):
+        P, L = self.cfg.pes, self.cfg.lanes
+        rows, tiles = i["rows"], i["tiles"]
+        if not rows or not tiles:
+            return
+        out = np.zeros((rows, tiles * L), dtype="<i4")
+        for n in range(rows):
+            base = i["out_base"] + (n // P) * i["out_stride"]
+            out[n] = wrap32(self.cmem[n % P, base:base + tiles * L])
+        self.ext_write(i["ext_addr"], out.view(np.uint8).reshape(-1, L), pc)
+
+    def matmul(self, i, pc):
+        P, L = self.cfg.pes, self.cfg.lanes
+        M, K, T = i["rows"], i["k"], i["tiles"]
+        dst, flags, sat = Dst(i["dst"]), Flag(i["flags"]), Sat(i["sat"])
+        b = self.bbuf[i["b_base"]:i["b_base"] + T * K].reshape(T, K, L).transpose(1, 0, 2) \
+            .reshape(K, T * L)
+        pt = slice(i["p_base"], i["p_base"] + T)
+        needs_p = bool(flags & Flag.BIAS) or dst != Dst.CMEM
+        if needs_p:
+            bias, mm, ss = (x[pt].reshape(T * L) for x in (self.p_bias, self.p_m, self.p_sh))
+        lo, hi = SAT_RANGE[sat]
+        N = i["count"] or T * L
+        cols = np.arange(N)
+        b = b[:, :N]
+        if needs_p:
+            bias, mm, ss = bias[:N], mm[:N], ss[:N]
+        results = []
+        for p in range(P):
+            local = np.arange(_ceil(M, P))
+            local = local[local * P + p < M]
+            if not local.size:
+                continue
+            a_idx = i["a_base"] + local[:, None] * i["a_stride"] + np.arange(K)[None, :]
+            a = self.amem[p][a_idx]
+            o_idx = i["out_base"] + local[:, None] * i["out_stride"] + cols[None, :]
+            if flags & Flag.ACCUM:
+                c0 = self.cmem[p][o_idx]
+            elif flags & Flag.BIAS:
+                c0 = np.broadcast_to(bias, (len(local), N))
+            else:
+                c0 = None
+            acc = golden_matmul(a, b, c0)
+            results.append((p, local, acc))
+        # write back after every read (a MATMUL's sources are read before any result lands)
+        for p, local, acc in results:
+            if dst == Dst.CMEM:
+                o_idx = i["out_base"] + local[:, None] * i["out_stride"] + cols[None, :]
+                self.cmem[p][o_idx] = acc
+                continue
+            y = golden_requant(acc, mm, ss, lo, hi)
+            if flags & Flag.RELU:
+                y = np.maximum(y, 0)
+            n = local * P + p
+            if dst == Dst.AMEM:
+                o_idx = i["out_base"] + local[:, None] * i["out_stride"] + cols[None, :]
+                self.amem[p][o_idx] = _wrap(y, AMEM_BITS)
+            elif dst == Dst.BBUF_ROWS:
+                y8 = _wrap(y, BBUF_BITS)
+                words = i["out_base"] + (cols // L)[None, :] * i["out_stride"] + n[:, None]
+                self.bbuf[words, (cols % L)[None, :]] = y8
+            else:  # BBUF_T
+                y8 = _wrap(y, BBUF_BITS)
+                words = i["out_base"] + (n // L)[:, None] * i["out_stride"] + cols[None, :]
+                self.bbuf[words, (n % L)[:, None]] = y8
+
+
+def _wrap(x, bits):
+    x = np.asarray(x, dtype=np.int64)
+    half = 1 << (bits - 1)
+    return ((x + half) & ((1 << bits) - 1)) - half
+
+
+def interpret(image, prog_base, prog_len, config, *, cost=None):
+    """Execute a program against an ext-memory image, as the hardware does, sequentially.
+
+    Returns ``(ext, counters)``: the final ext memory (uint8 ``(words, L)``, a copy) and the
+    counters CYCLES, MAC_CYCLES, STALL_DMA, STALL_WB, INSTRET (from :class:`CostModel`), STATUS
+    and PC. Raises :class:`AcceleratorError` with the code and PC where the hardware would set
+    STATUS.error, :class:`SimulationError` for an ext access outside the image.
+    """
+    cfg = config
+    mach = _Machine(image, cfg)
+    if prog_len == 0 or prog_len > cfg.imem_depth:
+        raise AcceleratorError(ErrorCode.PROGRAM_RANGE, 0,
+                               f"PROG_LEN {prog_len} (IMEM holds {cfg.imem_depth})", "golden")
+    raw = mach.ext_read(prog_base, prog_len * cfg.words_per_instr, -1)
+    program = Program.from_words(raw)
+    pc = 0
+    executed = Program()
+    handlers = {Op.LOAD_A: mach.load_a, Op.LOAD_B: mach.load_b, Op.LOAD_P: mach.load_p,
+                Op.STORE_C: mach.store_c, Op.MATMUL: mach.matmul}
+    while True:
+        if pc >= prog_len:
+            raise AcceleratorError(ErrorCode.PROGRAM_RANGE, pc, "the PC ran past the program "
+                                   "(no HALT)", "golden")
+        i = program.instrs[pc]
+        err = static_check(i, cfg)
+        if err is not None:
+            raise AcceleratorError(err[0], pc, err[1], "golden")
+        executed.instrs.append(i)
+        op = Op(i["op"])
+        if op == Op.HALT:
+            break
+        if op in handlers:
+            handlers[op](i, pc)
+        pc += 1
+    counters = (cost or CostModel(mem_latency=cfg.mem_latency)).run(executed, cfg, prog_len)
+    counters["STATUS"] = status_word(halted=True)
+    counters["PC"] = pc
+    return mach.ext, counters
+
+
+__all__ += ["chain_reference", "static_check", "SimulationError"]
