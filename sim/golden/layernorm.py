@@ -24,7 +24,7 @@ def layernorm_constants(gamma, beta, s_h, s_out, eps):
     G = round_half_up(g * 2.0 ** (sh_o - 15))
     B = np.clip(round_half_up(beta / s_out * 2.0 ** sh_o), *INT32)
     r_d = int(round_half_up(2.0 ** 24 / d))
-    E = int(min(1 << 42, round_half_up(eps * d / s_h ** 2)))
+    E = int(min((1 << 40) - 1, round_half_up(eps * d / s_h ** 2)))  # a 40-bit field
     return dict(r_d=r_d, E=E, G=G, B=B, sh_o=sh_o)
 
 
