@@ -133,15 +133,15 @@ class Accelerator(wiring.Component):
             csr.code.eq(ctrl.code), csr.pc.eq(ctrl.pc),
             csr.cycles.eq(ctrl.cycles), csr.mac_cycles.eq(ctrl.mac_cycles),
             csr.stall_dma.eq(ctrl.stall_dma), csr.stall_wb.eq(ctrl.stall_wb),
-            csr.instret.eq(ctrl.instret),
+            csr.instret.eq(ctrl.instret), csr.array_cycles.eq(ctrl.array_cycles),
             ctrl.start.eq(csr.start), ctrl.clear.eq(csr.clear),
             ctrl.prog_base.eq(csr.prog_base), ctrl.prog_len.eq(csr.prog_len),
-            ctrl.dma_idle.eq(dma.idle),
+            ctrl.dma_idle.eq(dma.idle), ctrl.dma_loads_idle.eq(dma.loads_idle),
             ctrl.array_active.eq(array.active), ctrl.array_busy.eq(array.busy),
             ctrl.array_mac.eq(array.mac), ctrl.array_stall_wb.eq(array.stall_wb),
             ctrl.imem_w_en.eq(dma.imem_w_en), ctrl.imem_w_addr.eq(dma.imem_w_addr),
             ctrl.imem_w_data.eq(dma.imem_w_data),
-            dma.array_busy.eq(array.busy),
+            dma.mm_done.eq(array.mm_done), dma.cmem_r_free.eq(array.cmem_r_free),
             array.cmem_r_pe.eq(dma.cmem_r_pe), array.cmem_r_addr.eq(dma.cmem_r_addr),
             dma.cmem_rdata.eq(array.cmem_rdata),
         ]
@@ -241,7 +241,7 @@ async def csr_read(ctx, bus, addr):
     return int(value)
 
 
-COUNTERS = ("CYCLES", "MAC_CYCLES", "STALL_DMA", "STALL_WB", "INSTRET")
+COUNTERS = ("CYCLES", "MAC_CYCLES", "STALL_DMA", "STALL_WB", "INSTRET", "ARRAY_CYCLES")
 
 
 def run_program(image, *, prog_base, prog_len, max_cycles=200_000, ext_depth=None, latency=3,
@@ -263,7 +263,7 @@ def run_program(image, *, prog_base, prog_len, max_cycles=200_000, ext_depth=Non
     -------
     dict with ``mem`` (list of int: the final ext memory), ``status``, ``halted``, ``error``,
     ``code`` (``hw.isa.ErrorCode``), ``pc``, ``config``, ``id`` and the counters ``cycles``,
-    ``mac_cycles``, ``stall_dma``, ``stall_wb``, ``instret``, and ``sim_cycles`` (cycles from
+    ``mac_cycles``, ``stall_dma``, ``stall_wb``, ``instret``, ``array_cycles``, and ``sim_cycles`` (cycles from
     the start write until busy dropped, as seen by the poller).
     """
     image = [int(x) for x in image]

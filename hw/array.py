@@ -13,12 +13,18 @@ from .pe import (LANE_CHOICES, PE, BankedRam, InitMode, _log2, bank_select, is_z
                  pick, select)
 
 __all__ = ["PEArray", "matmul_desc_layout", "bbuf_w_layout", "pbuf_w_layout", "amem_w_layout",
-           "MAX_PES", "ADDR_BITS"]
+           "MAX_PES", "ADDR_BITS", "MM_TAG_BITS"]
 
 MAX_PES = 64
 #: Width of internal address arithmetic: every range is checked at decode against depths
 #: ≤ 2^16, so sums of in-range addresses and one more stride never wrap in 18 bits.
 ADDR_BITS = 18
+#: Width of the MATMUL sequence numbers (the controller's issue count, the array's completion
+#: count, the tag a STORE_C carries). They wrap; a STORE_C waits while ``done − tag`` (mod
+#: 2^17) has its top bit set. That is exact as long as fewer than 2^16 MATMULs complete between
+#: a STORE_C's dispatch and its start (a program holds at most 65 536 instructions) and fewer
+#: than 2^16 are in flight (a handful).
+MM_TAG_BITS = 17
 
 
 def matmul_desc_layout():
@@ -79,6 +85,11 @@ class PEArray(wiring.Component):
     stall_wb : Out(1)
         The sequencer holds a tile's last beat because the drain or the BBUF write-back is not
         free: counts STALL_WB.
+    mm_done : Out(MM_TAG_BITS)
+        MATMULs complete for CMEM, a wrapping count (never reset): it steps in the cycle of a
+        MATMUL's last CMEM write (drain stage ``PE.D_WRITE`` of the last element of its last
+        tile), so a CMEM read from the next cycle on sees every result. MATMULs with dst
+        AMEM/BBUF_* count at the same stage (they write no CMEM). MATMULs complete in order.
     bbuf_w : In(stream.Signature(bbuf_w_layout(L)))
         DMA writes into BBUF (LOAD_B); the write-back of BBUF_ROWS/BBUF_T results has priority.
     pbuf_w : In(stream.Signature(pbuf_w_layout(L)))
@@ -86,7 +97,10 @@ class PEArray(wiring.Component):
     amem_w : In(stream.Signature(amem_w_layout(P, L)))
         DMA row writes into one PE's AMEM (LOAD_A); drain writes (dst AMEM) have priority.
     cmem_r_pe, cmem_r_addr : In
-        CMEM row read for STORE_C (PE index, row address); only while not ``busy``.
+        CMEM row read for STORE_C (PE index, row address), taken in cycles with
+        ``cmem_r_free``; the drain of an ACCUM tile has the CMEM read port in the other cycles.
+    cmem_r_free : Out(1)
+        The CMEM read port is free for STORE_C this cycle (no ACCUM element in drain stage D0).
     cmem_rdata : Out(8L)
         The row read two cycles earlier.
 
@@ -108,11 +122,13 @@ class PEArray(wiring.Component):
             "busy": Out(1),
             "mac": Out(1),
             "stall_wb": Out(1),
+            "mm_done": Out(MM_TAG_BITS),
             "bbuf_w": In(stream.Signature(bbuf_w_layout(lanes))),
             "pbuf_w": In(stream.Signature(pbuf_w_layout(lanes))),
             "amem_w": In(stream.Signature(amem_w_layout(pes, lanes))),
             "cmem_r_pe": In(max(1, (pes - 1).bit_length())),
             "cmem_r_addr": In(16),
+            "cmem_r_free": Out(1),
             "cmem_rdata": Out(8 * lanes),
         })
 
@@ -225,7 +241,7 @@ class PEArray(wiring.Component):
         tile_layout = data.StructLayout({
             "dst": unsigned(2), "flags": unsigned(3), "sat": unsigned(2), "rmask": unsigned(P),
             "ncols": range(L + 1), "e_tile": unsigned(AB), "pb_tile": unsigned(AB),
-            "blk": unsigned(1),
+            "blk": unsigned(1), "mm_last": unsigned(1),
         })
         ring = [Signal(tile_layout, name=f"tile_ring{k}") for k in range(2)]
         ring_w, ring_r = Signal(), Signal()
@@ -243,6 +259,8 @@ class PEArray(wiring.Component):
             tile_now.dst.eq(desc.dst), tile_now.flags.eq(desc.flags), tile_now.sat.eq(desc.sat),
             tile_now.rmask.eq(rmask), tile_now.ncols.eq(ncols), tile_now.e_tile.eq(e_tile),
             tile_now.pb_tile.eq(pb_tile), tile_now.blk.eq(wb_alloc),
+            # the MATMUL's last tile: last tile of the last pass
+            tile_now.mm_last.eq(is_zero(trem) & is_zero(passes_left)),
             blk_now.trans.eq(desc.dst == Dst.BBUF_T), blk_now.rmask.eq(rmask),
             blk_now.ncols.eq(ncols), blk_now.base.eq(Mux(desc.dst == Dst.BBUF_T, wb_t, wb_rows)),
             blk_now.off.eq(off_t), blk_now.ngroups.eq(ngroups), blk_now.stride.eq(desc.out_stride),
@@ -346,6 +364,7 @@ class PEArray(wiring.Component):
             "valid": unsigned(1), "col_valid": unsigned(1), "rmask": unsigned(P),
             "e": unsigned(AB), "i": unsigned(lsh), "dst": unsigned(2), "relu": unsigned(1),
             "sat": unsigned(2), "tile_end": unsigned(1), "blk": unsigned(1),
+            "mm_end": unsigned(1),
         })
         meta = [Signal(meta_layout, name=f"meta{k}") for k in range(D_Y + 1)]
         m.d.comb += [
@@ -354,6 +373,7 @@ class PEArray(wiring.Component):
             meta[0].dst.eq(dm.dst), meta[0].relu.eq((dm.flags & Flag.RELU).any()),
             meta[0].sat.eq(dm.sat), meta[0].tile_end.eq(d_active & (d_i == L - 1)),
             meta[0].blk.eq(dm.blk),
+            meta[0].mm_end.eq(d_active & (d_i == L - 1) & dm.mm_last),
         ]
         m.d.sync += [meta[k + 1].eq(meta[k]) for k in range(D_Y)]
 
@@ -380,17 +400,26 @@ class PEArray(wiring.Component):
 
         busy = Signal()
         m.d.comb += [busy.eq(active | outstanding.any()), self.busy.eq(busy)]
+        # The CMEM read port: the drain reads the ACCUM start value in D0; STORE_C gets every
+        # other cycle (a plain or BIAS drain ignores what D0 reads).
+        drain_reads = d_active & (dm.flags & Flag.ACCUM).any()
+        m.d.comb += self.cmem_r_free.eq(~drain_reads)
         cmem_pe1, cmem_pe2 = Signal.like(self.cmem_r_pe), Signal.like(self.cmem_r_pe)
         m.d.sync += [cmem_pe1.eq(self.cmem_r_pe), cmem_pe2.eq(cmem_pe1)]
         m.d.comb += self.cmem_rdata.eq(pick((pe.c_rdata for pe in pes), cmem_pe2))
 
         mw, my = meta[D_W], meta[D_Y]
+        # MATMUL completion for CMEM: the edge that writes the last element also counts it.
+        mm_done = Signal(MM_TAG_BITS)
+        with m.If(mw.valid & mw.mm_end):
+            m.d.sync += mm_done.eq(mm_done + 1)
+        m.d.comb += self.mm_done.eq(mm_done)
         drain_amem = my.valid & (my.dst == Dst.AMEM)
         m.d.comb += self.amem_w.ready.eq(~drain_amem)
         aw = self.amem_w.payload
         for p, pe in enumerate(pes):
             m.d.comb += [
-                pe.c_raddr.eq(Mux(busy, d_e[csh:], self.cmem_r_addr)),
+                pe.c_raddr.eq(Mux(drain_reads, d_e[csh:], self.cmem_r_addr)),
                 pe.c_slot.eq(d_e[:csh] if csh else 0),
                 pe.d_init.eq(d_init),
                 pe.bias.eq(bias3),

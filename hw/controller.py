@@ -8,7 +8,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .array import matmul_desc_layout
+from .array import MM_TAG_BITS, matmul_desc_layout
 from .dma import DmaOp, dma_desc_layout
 from .isa import INSTR_BITS, INSTR_LAYOUT, Dst, ErrorCode, Op, Sat
 from .params import check_choice, check_int
@@ -44,9 +44,11 @@ class Controller(wiring.Component):
         STATUS and PC (the current instruction; after HALT the HALT, after an error the
         failing instruction or PROG_LEN). ``busy`` stays high after an error until queued DMA
         transfers and the array have finished (bounded).
-    cycles, mac_cycles, stall_dma, stall_wb, instret : Out(32)
-        The counters of docs/isa.md.
-    dma : Out(stream.Signature(dma_desc_layout())); dma_idle : In(1)
+    cycles, mac_cycles, stall_dma, stall_wb, instret, array_cycles : Out(32)
+        The counters of docs/isa.md (ARRAY_CYCLES: cycles with ``array_busy``).
+    dma : Out(stream.Signature(dma_desc_layout())); dma_idle, dma_loads_idle : In(1)
+        ``dma_idle``: nothing queued or running (SYNC, HALT, the program load);
+        ``dma_loads_idle``: no load queued or running (MATMUL).
     array : Out(stream.Signature(matmul_desc_layout())); array_active, array_busy, array_mac,
     array_stall_wb : In(1)
     imem_w_en, imem_w_addr, imem_w_data : In
@@ -56,6 +58,12 @@ class Controller(wiring.Component):
     whose last raises any error, dispatch); MATMUL, SYNC, HALT and full-queue DMA
     instructions then wait for their interlock. The array runs a MATMUL while the controller
     goes on, so fetch and decode hide behind compute.
+
+    Interlocks (docs/architecture.md, *Ordering*): a MATMUL waits until no load is queued or
+    running in the DMA (``dma_loads_idle``; queued STORE_Cs do not hold it) and, behind a
+    MATMUL with dst AMEM/BBUF_*, until the array is idle. MATMULs are numbered (a wrapping
+    count of those issued, never reset); a STORE_C carries the count of MATMULs issued before
+    it as its ``tag``, and the DMA starts it once the array's completion count reaches the tag.
     """
 
     def __init__(self, *, pes, lanes, amem_depth, cmem_depth, bbuf_depth, pbuf_depth,
@@ -71,9 +79,9 @@ class Controller(wiring.Component):
             "prog_base": In(32), "prog_len": In(32),
             "busy": Out(1), "halted": Out(1), "error": Out(1), "code": Out(8), "pc": Out(16),
             "cycles": Out(32), "mac_cycles": Out(32), "stall_dma": Out(32), "stall_wb": Out(32),
-            "instret": Out(32),
+            "instret": Out(32), "array_cycles": Out(32),
             "dma": Out(stream.Signature(dma_desc_layout())),
-            "dma_idle": In(1),
+            "dma_idle": In(1), "dma_loads_idle": In(1),
             "array": Out(stream.Signature(matmul_desc_layout())),
             "array_active": In(1), "array_busy": In(1), "array_mac": In(1),
             "array_stall_wb": In(1),
@@ -100,7 +108,9 @@ class Controller(wiring.Component):
         prev_local = Signal()   # a MATMUL in flight may write AMEM or BBUF
         mm_req = Signal()       # MATMUL handed to the array (array.valid)
         counters = {name: Signal(32, name=name) for name in
-                    ("cycles", "mac_cycles", "stall_dma", "stall_wb", "instret")}
+                    ("cycles", "mac_cycles", "stall_dma", "stall_wb", "instret",
+                     "array_cycles")}
+        mm_issued = Signal(MM_TAG_BITS)   # MATMULs handed to the array (wraps, never reset)
         m.d.comb += [self.pc.eq(pc), self.code.eq(code), self.halted.eq(halted),
                      self.error.eq(error)]
         m.d.comb += [getattr(self, k).eq(v) for k, v in counters.items()]
@@ -216,7 +226,7 @@ class Controller(wiring.Component):
         # ---------------------------------------------------------------- dispatch values
         dd = self.dma.payload
         m.d.comb += [dd.ext_addr.eq(f.ext_addr), dd.count.eq(f.count), dd.rows.eq(f.rows),
-                     dd.k.eq(f.k), dd.tiles.eq(f.tiles)]
+                     dd.k.eq(f.k), dd.tiles.eq(f.tiles), dd.tag.eq(mm_issued)]
         with m.If(op == Op.LOAD_A):
             m.d.comb += [dd.op.eq(DmaOp.LOAD_A), dd.base.eq(f.a_base),
                          dd.stride.eq(f.a_stride)]
@@ -246,6 +256,8 @@ class Controller(wiring.Component):
             m.d.sync += counters["cycles"].eq(counters["cycles"] + 1)
         with m.If(self.array_mac):
             m.d.sync += counters["mac_cycles"].eq(counters["mac_cycles"] + 1)
+        with m.If(self.array_busy):
+            m.d.sync += counters["array_cycles"].eq(counters["array_cycles"] + 1)
         with m.If(self.array_stall_wb):
             m.d.sync += counters["stall_wb"].eq(counters["stall_wb"] + 1)
         with m.If(stall_dma):
@@ -301,15 +313,17 @@ class Controller(wiring.Component):
                     # registers); it may rise while the previous MATMUL still issues beats and
                     # is accepted when the sequencer is free (ready), so MATMULs follow each
                     # other with a one-cycle gap. Once raised its conditions stay true: the
-                    # DMA gets no new work meanwhile, and a previous MATMUL writing AMEM/BBUF
-                    # has finished.
-                    ok = self.dma_idle & ~(prev_local & self.array_busy)
+                    # DMA gets no new load meanwhile, and a previous MATMUL writing AMEM/BBUF
+                    # has finished. Loads issued before the MATMUL must have landed; STORE_Cs
+                    # do not hold it (they wait for their own MATMULs in the DMA).
+                    ok = self.dma_loads_idle & ~(prev_local & self.array_busy)
                     with m.If(ok):
                         m.d.sync += mm_req.eq(1)
                     m.d.comb += [self.array.valid.eq(mm_req), go.eq(mm_req & self.array.ready),
-                                 stall_dma.eq(~self.dma_idle)]
+                                 stall_dma.eq(~self.dma_loads_idle)]
                     with m.If(go):
-                        m.d.sync += [prev_local.eq(f.dst.any()), mm_req.eq(0)]
+                        m.d.sync += [prev_local.eq(f.dst.any()), mm_req.eq(0),
+                                     mm_issued.eq(mm_issued + 1)]
                 with m.If(go):
                     m.d.comb += retire.eq(1)
                     with m.If(op == Op.HALT):

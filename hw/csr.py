@@ -32,7 +32,8 @@ class CsrRegs(wiring.Component):
         One-cycle pulses from a write to CTRL (bit 0, bit 1).
     prog_base, prog_len : Out(32)
         PROG_BASE and PROG_LEN.
-    busy, halted, error, code, pc, cycles, mac_cycles, stall_dma, stall_wb, instret : In
+    busy, halted, error, code, pc, cycles, mac_cycles, stall_dma, stall_wb, instret,
+    array_cycles : In
         Status and counters (from the controller).
     """
 
@@ -44,7 +45,7 @@ class CsrRegs(wiring.Component):
             "prog_base": Out(32), "prog_len": Out(32),
             "busy": In(1), "halted": In(1), "error": In(1), "code": In(8), "pc": In(16),
             "cycles": In(32), "mac_cycles": In(32), "stall_dma": In(32), "stall_wb": In(32),
-            "instret": In(32),
+            "instret": In(32), "array_cycles": In(32),
         })
 
     config = property(lambda self: self._config)
@@ -66,6 +67,7 @@ class CsrRegs(wiring.Component):
             Csr.STALL_DMA: self.stall_dma,
             Csr.STALL_WB: self.stall_wb,
             Csr.INSTRET: self.instret,
+            Csr.ARRAY_CYCLES: self.array_cycles,
         }
         with m.If(access):
             # A 16-entry table (a complete case statement, as Verilator's lint wants; If/Elif

@@ -9,7 +9,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .array import ADDR_BITS, amem_w_layout, bbuf_w_layout, pbuf_w_layout
+from .array import ADDR_BITS, MM_TAG_BITS, amem_w_layout, bbuf_w_layout, pbuf_w_layout
 from .isa import INSTR_BITS, mem_cmd_layout, mem_rsp_layout
 from .params import check_choice, check_int
 from .pe import LANE_CHOICES, _log2, is_zero, pick
@@ -35,6 +35,7 @@ def dma_desc_layout():
         "tiles": unsigned(8),
         "base": unsigned(16),
         "stride": unsigned(16),
+        "tag": unsigned(MM_TAG_BITS),   # STORE_C: MATMULs issued before it
     })
 
 
@@ -56,10 +57,14 @@ class Dma(wiring.Component):
         address fields of the instruction).
     idle : Out(1)
         The queue is empty and no transfer runs.
-    array_busy : In(1)
-        STORE_C starts only when the array has written back every result (read after write on
-        CMEM); the controller keeps MATMULs from starting while the DMA is busy, so a STORE_C
-        never races a later MATMUL.
+    loads_idle : Out(1)
+        No load (LOAD_A/LOAD_B/LOAD_P, the program) is queued or running: a count of load
+        descriptors, up on acceptance, down when the load's last word is written. The
+        controller starts a MATMUL only then (STORE_Cs in the queue do not hold it).
+    mm_done : In(MM_TAG_BITS)
+        MATMULs complete for CMEM (the array's wrapping count). A STORE_C starts when
+        ``mm_done`` has reached its ``tag`` (the MATMULs issued before it; wrap-safe
+        compare), so it reads their results but never waits for later MATMULs.
     mem : Out(mem_signature(L))
         Ext memory. Reads are requested as fast as ``mem.cmd`` accepts them; responses are
         consumed in order as fast as the destination memory accepts them.
@@ -67,6 +72,8 @@ class Dma(wiring.Component):
         Writes into BBUF, PBUF, the AMEMs (see :mod:`hw.array`).
     cmem_r_pe, cmem_r_addr : Out, cmem_rdata : In
         CMEM row reads for STORE_C (data two cycles after the address).
+    cmem_r_free : In(1)
+        The array's CMEM read port is free this cycle (an ACCUM drain has priority).
     imem_w_en, imem_w_addr, imem_w_data : Out
         The program, one 256-bit instruction per write.
 
@@ -84,7 +91,8 @@ class Dma(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(dma_desc_layout())),
             "idle": Out(1),
-            "array_busy": In(1),
+            "loads_idle": Out(1),
+            "mm_done": In(MM_TAG_BITS),
             "mem": Out(mem_signature(lanes)),
             "bbuf_w": Out(stream.Signature(bbuf_w_layout(lanes))),
             "pbuf_w": Out(stream.Signature(pbuf_w_layout(lanes))),
@@ -92,6 +100,7 @@ class Dma(wiring.Component):
             "cmem_r_pe": Out(max(1, (pes - 1).bit_length())),
             "cmem_r_addr": Out(16),
             "cmem_rdata": In(8 * lanes),
+            "cmem_r_free": In(1),
             "imem_w_en": Out(1),
             "imem_w_addr": Out(16),
             "imem_w_data": Out(INSTR_BITS),
@@ -119,6 +128,12 @@ class Dma(wiring.Component):
         running = Signal()
         m.d.comb += self.idle.eq(~running & is_zero(queue.level))
         done = Signal()
+        # Loads queued or running (at most QUEUE_DEPTH + 1).
+        nloads = Signal(range(self.QUEUE_DEPTH + 2))
+        load_in = self.cmd.valid & self.cmd.ready & (self.cmd.payload.op != DmaOp.STORE_C)
+        load_out = running & done & (d.op != DmaOp.STORE_C)
+        m.d.sync += nloads.eq(nloads + load_in - load_out)
+        m.d.comb += self.loads_idle.eq(is_zero(nloads))
 
         # ------------------------------------------------ loads: request generator
         gen_addr = Signal(32)
@@ -284,7 +299,7 @@ class Dma(wiring.Component):
         # Reader: CMEM rows into a small FIFO (a read is issued only with room for it); sender:
         # funnels two rows into a word when the (row, tile) start is not a multiple of L/4.
         m.submodules.sfifo = sfifo = fifo.SyncFIFO(width=8 * L + 1 + max(csh, 1) + 1, depth=8)
-        st_wait = Signal()           # waiting for the array to finish
+        st_wait = Signal()           # waiting for the MATMULs before it to complete
         st_rows = Signal(16)         # rows left after this one
         st_trem = Signal(8)          # tiles left in the row after this one
         st_x = Signal(3)             # read within the (row, tile)
@@ -299,13 +314,15 @@ class Dma(wiring.Component):
             m.d.sync += [st_wait.eq(1), st_rows.eq(d.rows - 1), st_trem.eq(d.tiles - 1),
                          st_x.eq(0), st_pe.eq(0),
                          st_s.eq(d.base), st_base.eq(d.base), gen_addr.eq(d.ext_addr)]
-        with m.If(st_wait & ~self.array_busy):
+        # Wrap-safe ``mm_done ≥ tag``: the difference mod 2^MM_TAG_BITS is below half the range.
+        tag_reached = ~(self.mm_done - d.tag)[MM_TAG_BITS - 1]
+        with m.If(st_wait & tag_reached):
             m.d.sync += [st_wait.eq(0), st_reading.eq(d.rows.any() & d.tiles.any())]
         # Room for a read: registered, so with a margin for the reads of the last cycle and
         # the two in flight (≤ 4 queued + 1 + 2 + 1 ≤ depth).
         room = Signal()
         m.d.sync += room.eq(sfifo.level <= sfifo.depth - 4)
-        rd_go = st_reading & room
+        rd_go = st_reading & room & self.cmem_r_free
         m.d.comb += [self.cmem_r_pe.eq(st_pe),
                      self.cmem_r_addr.eq((st_base >> csh) + st_x)]
         m.d.sync += inflight.eq(Cat(rd_go, inflight[0]))

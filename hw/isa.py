@@ -71,6 +71,7 @@ class Csr(enum.IntEnum):
     STALL_DMA = 0x0A     # cycles waiting for DMA (SYNC, operand not loaded)
     STALL_WB = 0x0B      # cycles stalled on result write-back
     INSTRET = 0x0C       # instructions retired
+    ARRAY_CYCLES = 0x0D  # cycles with a MATMUL in the array (first beat to last result written)
 
 
 # (name, width): contiguous, LSB first; the 256 bits are eight little-endian 32-bit words.

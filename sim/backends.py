@@ -4,7 +4,8 @@ One interface (:class:`Backend`)::
 
     result = backend.run(image, program, config, prog_base=...)   # → RunResult
     result.ext        # final ext memory, uint8 (words, L)
-    result.counters   # CYCLES, MAC_CYCLES, STALL_DMA, STALL_WB, INSTRET, STATUS, PC (+ extras)
+    result.counters   # CYCLES, MAC_CYCLES, STALL_DMA, STALL_WB, INSTRET, ARRAY_CYCLES, STATUS,
+                      # PC (+ extras)
 
 * ``golden``   — :func:`sim.program.interpret`, the numpy reference of the ISA; cycle counters
   from the timing model (:class:`sim.program.CostModel`), not measured.
@@ -51,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD_ROOT = ROOT / "build" / "verilator"
 HARNESS = ROOT / "tb" / "verilator" / "harness.cpp"
 TOP_NAME = "kwt_accel"
-COUNTERS = ("CYCLES", "MAC_CYCLES", "STALL_DMA", "STALL_WB", "INSTRET")
+COUNTERS = ("CYCLES", "MAC_CYCLES", "STALL_DMA", "STALL_WB", "INSTRET", "ARRAY_CYCLES")
 
 
 @dataclass

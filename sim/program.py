@@ -13,7 +13,8 @@ Three layers:
   (``sim.golden.matmul``/``requant``). It fetches the program from the image like the hardware
   does, raises :class:`AcceleratorError` where the hardware sets STATUS.error, and returns the
   final ext memory and counters; the cycle counters come from the timing model in
-  :class:`CostModel` (``⌈M/P⌉·tiles·K`` per MATMUL plus constants), not from hardware.
+  :class:`CostModel` (the program replayed against the documented interlocks and latencies),
+  not from hardware.
 
 Everything the hardware backends must match bit for bit is the final ext memory this
 interpreter produces.
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw.isa import INSTR_BITS, Dst, ErrorCode, Flag, Op, Sat, decode, encode
+from hw.pe import PE
 
 from .errors import InputError, KwsError
 from .golden import matmul as golden_matmul
@@ -516,7 +518,7 @@ def _per_column(x, n, name, lo, hi):
 
 
 def matmul_program(a, b, *, pes=None, lanes=None, config=None, bias=None, requant=None,
-                   sat=Sat.INT8, relu=False):
+                   sat=Sat.INT8, relu=False, chunk_passes=None, piece_tiles=None):
     """``C = A·B (+ bias)`` as a :class:`Job`.
 
     a : int8 (M, K) — loaded with LOAD_A, so the int8 range (the ext format is int8).
@@ -529,6 +531,13 @@ def matmul_program(a, b, *, pes=None, lanes=None, config=None, bias=None, requan
         restricts ``sat`` to what AMEM (int9) holds: INT8, INT9 or UINT8.
     pes, lanes or config : the accelerator (an :class:`AccelConfig`; ``pes``/``lanes`` alone
         use the default depths).
+    chunk_passes, piece_tiles : shape of the overlapped program (int32 result, no requant):
+        the MATMUL is split into chunks of ``chunk_passes`` row passes (``P`` rows each), each
+        chunk one MATMUL whose A rows load and whose int32 results store while the next chunk
+        computes; the first chunk is further split into MATMULs of ``piece_tiles`` column tiles,
+        each behind the LOAD_B (LOAD_P) of just its tiles, so that the B load overlaps compute.
+        ``None`` (default): the shape with the lowest :class:`CostModel` estimate that fits
+        IMEM (one pass per chunk for large matrices, one chunk for small ones).
     """
     cfg = _config(config, pes, lanes)
     a = _as_int_matrix(a, "A", *INT8)
@@ -542,7 +551,210 @@ def matmul_program(a, b, *, pes=None, lanes=None, config=None, bias=None, requan
             m, sh = requant
         except (TypeError, ValueError):
             raise InputError("requant must be a pair (m, sh)") from None
+    if m is None and not relu:
+        if bias is not None:
+            bias = _per_column(bias, b.shape[1], "bias of B", *INT32)
+        bound = ((0 if bias is None else int(np.abs(bias).max()))
+                 + a.shape[1] * int(np.abs(a).max()) * int(np.abs(b).max()))
+        if bound >= 1 << 31:
+            raise InputError(f"B: |bias| + K·max|a|·max|b| = {bound} reaches 2³¹; the int32 "
+                             f"accumulator could wrap")
+        job = _overlapped_matmul(a, b, bias, cfg, chunk_passes, piece_tiles)
+        if job is not None:
+            return job
     return chain_program(a, [Stage(b, bias=bias, m=m, sh=sh, sat=sat, relu=relu)], config=cfg)
+
+
+def _check_shape_param(name, v, lo):
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise InputError(f"{name} must be an integer ≥ {lo}, not {v!r}")
+    return int(v)
+
+
+def _overlapped_matmul(a, b, bias, cfg, chunk_passes, piece_tiles, _shapes=None, _log=None):
+    """The one-stage, int32-result matmul with transfers overlapping compute, or ``None`` when
+    its buffers do not fit (then :func:`chain_program` takes over).
+
+    Per column chunk (the tiles that fit BBUF/PBUF; usually all of them):
+
+        LOAD_A chunk 0
+        LOAD_B piece 0, (LOAD_P piece 0), MATMUL chunk 0 × piece 0, … (pieces of the first chunk)
+        LOAD_A chunk 1, STORE_C chunk 0, MATMUL chunk 1
+        LOAD_A chunk 2, STORE_C chunk 1, MATMUL chunk 2, …
+        STORE_C last chunk
+
+    A MATMUL waits only for the loads before it, and a STORE_C only for the MATMULs before it
+    (docs/architecture.md, *Ordering*), so the A rows of chunk c + 1 load and the int32 results
+    of chunk c − 1 store while chunk c computes. Hazards the hardware does not interlock are
+    ordered by construction: a LOAD_A goes into a region no MATMUL still reads (the whole A
+    resident, or two regions: LOAD_A c + 2 is issued after MATMUL c + 1 is accepted, so after
+    MATMUL c's last beat); a MATMUL writes a CMEM region no STORE_C still reads (one region per
+    chunk, or a ring of ≥ 2: the LOAD issued after STORE_C c − 2 — the chunk's LOAD_A, or an
+    empty LOAD_B when A is resident — holds MATMUL c until that STORE_C is done). Column chunks
+    after the first start with a SYNC (BBUF, PBUF and CMEM are reused).
+    """
+    P, L = cfg.pes, cfg.lanes
+    M, K = a.shape
+    N = b.shape[1]
+    T = _ceil(N, L)
+    R = _ceil(M, P)                     # row passes (local rows of PE 0)
+    w = _ceil(K, L) * L                 # AMEM row stride: rows start on a multiple of L
+    chunk_passes = _check_shape_param("chunk_passes", chunk_passes, 1)
+    piece_tiles = _check_shape_param("piece_tiles", piece_tiles, 1)
+    if K > MAX_K or K > cfg.bbuf_depth or L > cfg.cmem_depth:
+        return None
+    tc = min(T, cfg.bbuf_depth // K, 255)
+    if bias is not None:
+        tc = min(tc, cfg.pbuf_depth)
+    a_res = R * w <= cfg.amem_depth
+    wpr = _ceil(K, L)                   # ext words per row of A
+
+    img = ImageBuilder(L)
+    a_reg = img.put_a("A", a)
+    b_reg = img.put_b("B", b)
+    p_reg = None
+    if bias is not None:
+        z = np.zeros(N, np.int64)
+        p_reg = img.put_params("P", bias, z, z)
+    c_reg = img.reserve("C", M * T * C_TILE_WORDS)
+
+    def build(cp, pt, cp0, pt_last):
+        """(instructions as (op, fields), output blocks) or None when the buffers do not fit.
+        Chunks of ``cp`` passes, the first of ``cp0``; pieces of ``pt`` tiles in the first
+        chunk; the last chunk (when it is not the first) in pieces of ``pt_last`` tiles, each
+        with its own STORE_C (a shorter tail)."""
+        big = max(cp, cp0)
+        if not a_res and 2 * big * w > cfg.amem_depth:
+            return None
+        starts = [0] + list(range(cp0, R, cp))          # first pass of every chunk
+        nc = len(starts)
+        S = big * tc * L                # CMEM elements per ring region (per PE)
+        if R * tc * L <= cfg.cmem_depth:
+            regions = None              # every chunk has its own region
+        elif 2 * S <= cfg.cmem_depth:
+            regions = cfg.cmem_depth // S
+        else:
+            return None
+        out, blocks = [], []
+        c_off = 0
+        for j, t0 in enumerate(range(0, T, tc)):
+            tn = min(tc, T - t0)
+            stride = tn * L
+            load_a = j == 0 or not a_res
+
+            def rows_of(c):
+                return min((starts[c + 1] if c + 1 < nc else R) * P, M) - starts[c] * P
+
+            def a_base(c):
+                return (starts[c] if a_res else (c % 2) * big) * w
+
+            def c_base(c):
+                return starts[c] * stride if regions is None else (c % regions) * S
+
+            def store(c, p0, pn):
+                nonlocal c_off
+                r = rows_of(c)
+                blocks.append(OutputBlock(c_reg.addr + c_off, starts[c] * P, r, t0 + p0, pn))
+                f = dict(ext_addr=c_reg.addr + c_off, rows=r, tiles=pn,
+                         out_base=c_base(c) + p0 * L, out_stride=stride)
+                c_off += r * pn * C_TILE_WORDS
+                return Op.STORE_C, f
+
+            # Units: (loads before it, chunk, first tile, tiles, stores after it).
+            units = []
+            split_last = nc > 1 and pt_last < tn
+            for c in range(nc):
+                step = pt if c == 0 else pt_last if c == nc - 1 else tn
+                for p0 in range(0, tn, step):
+                    pn = min(step, tn - p0)
+                    loads = []
+                    if p0 == 0:
+                        if load_a:
+                            loads.append((Op.LOAD_A, dict(
+                                ext_addr=a_reg.addr + starts[c] * P * wpr, rows=rows_of(c), k=K,
+                                a_base=a_base(c), a_stride=w)))
+                        elif regions is not None and c >= regions:
+                            loads.append((Op.LOAD_B, dict(count=0)))  # fence: STORE_C c−2 done
+                    if c == 0:
+                        loads.append((Op.LOAD_B, dict(ext_addr=b_reg.addr + (t0 + p0) * K,
+                                                      count=pn * K, b_base=p0 * K)))
+                        if p_reg is not None:
+                            loads.append((Op.LOAD_P, dict(
+                                ext_addr=p_reg.addr + (t0 + p0) * PBUF_TILE_WORDS, count=pn,
+                                p_base=p0)))
+                    if split_last and c == nc - 1:
+                        stores = [(c, p0, pn)]
+                    else:
+                        stores = [(c, 0, tn)] if p0 + pn == tn else []
+                    units.append((loads, c, p0, pn, stores))
+            if j:
+                out.append((Op.SYNC, {}))
+            pending = []
+            for loads, c, p0, pn, stores in units:
+                out += loads
+                out += [store(*st) for st in pending]
+                cols = min(pn * L, N - (t0 + p0) * L)
+                out.append((Op.MATMUL, dict(
+                    rows=rows_of(c), k=K, tiles=pn, count=cols, a_base=a_base(c), a_stride=w,
+                    b_base=p0 * K, p_base=p0, dst=int(Dst.CMEM), out_base=c_base(c) + p0 * L,
+                    out_stride=stride, flags=int(Flag.BIAS) if p_reg is not None else 0)))
+                pending = stores
+            out += [store(*st) for st in pending]
+        out.append((Op.HALT, {}))
+        return out, blocks
+
+    def as_program(instrs):
+        return Program([dict(op=int(op), **_full(f)) for op, f in instrs])
+
+    def candidates(lo, hi, given):
+        if given is not None:
+            return [min(given, hi)]
+        vals = {hi, lo}
+        v = 1
+        while v < hi:
+            vals.add(v)
+            vals.update((_ceil(hi, d) for d in (2, 3, 4)))
+            v *= 2
+        return sorted(x for x in vals if lo <= x <= hi)
+
+    model = CostModel(mem_latency=cfg.mem_latency)
+    best = None
+
+    def consider(*shape):
+        nonlocal best
+        built = build(*shape)
+        if built is None or len(built[0]) > cfg.imem_depth:
+            return
+        key = (model.run(as_program(built[0]), cfg)["CYCLES"], len(built[0]))
+        if _log is not None:
+            _log.append((shape, key))
+        if best is None or key < best[0]:
+            best = (key, built, shape)
+
+    for shape in _shapes or ():
+        consider(*shape)
+    # The chunk size first (no pieces), then the pieces and the first chunk around it.
+    for cp in ([] if _shapes else candidates(1, R, chunk_passes)):
+        consider(cp, tc, cp, tc)
+    if best is not None and not _shapes:
+        cp = best[2][0]
+        for cp0 in {cp, min(2 * cp, R)}:
+            for pt in candidates(1, tc, piece_tiles):
+                consider(cp, pt, cp0, tc)
+        cp, pt, cp0, _ = best[2]
+        for pt_last in {_ceil(tc, 2), _ceil(tc, 3)}:
+            consider(cp, pt, cp0, pt_last)
+    if best is None:
+        return None
+    instrs, blocks = best[1]
+    asm = Assembler(cfg)
+    for op, f in instrs:
+        asm._emit(op, **f)
+    prog_reg = img.put_program("program", asm.program)
+    return Job(config=cfg, image=img.build(), program=asm.program, prog_base=prog_reg.addr,
+               shape=(M, N), blocks=blocks, regions=dict(img.regions), mac_ops=M * K * N)
 
 
 def _config(config, pes, lanes):
@@ -561,7 +773,8 @@ def chain_program(a, stages, *, pes=None, lanes=None, config=None):
 
     Rows are processed in chunks that fit AMEM, columns in tile chunks that fit half of BBUF,
     PBUF and CMEM, double-buffered (the next chunk's LOAD_B/LOAD_P run behind the current
-    MATMUL, the previous chunk's STORE_C behind the next).
+    MATMUL), with a SYNC after every MATMUL. (A one-stage matmul with an int32 result takes
+    the overlapped path of :func:`matmul_program` instead.)
     """
     cfg = _config(config, pes, lanes)
     P, L = cfg.pes, cfg.lanes
@@ -763,66 +976,118 @@ def chain_reference(a, stages):
 
 @dataclass
 class CostModel:
-    """Instruction-level timing of the hardware as documented (docs/isa.md, the docstrings of
-    hw/controller.py, hw/dma.py, hw/array.py):
+    """Instruction-level timing of the hardware as documented (docs/architecture.md, *Cost
+    model* and *Ordering*; the docstrings of hw/controller.py, hw/dma.py, hw/array.py), event
+    by event:
 
-    * the program is loaded by DMA (one word per cycle after ``mem_latency``);
-    * every instruction takes ``issue`` (7) cycles from fetch to dispatch;
-    * LOAD_* / STORE_C queue to the DMA engine (one word per cycle, reads after
-      ``mem_latency``); STORE_C starts only when the array has written everything back;
-    * a MATMUL dispatches when every DMA transfer is done and the array has stopped issuing
-      (after a MATMUL to AMEM/BBUF: when it has fully finished), then issues
-      ``⌈M/P⌉·tiles·max(K, L)`` beats; its results land ``drain`` cycles after the last beat;
+    * the program is loaded by DMA (one word per cycle after ``mem_latency``); every
+      instruction then takes ``issue`` cycles from fetch to dispatch, one after the other;
+    * LOAD_* / STORE_C queue to the DMA engine (queue of ``queue_depth``), which runs them one
+      at a time in order: ``dma_setup`` cycles, then a word per cycle, loads after
+      ``mem_latency``; a STORE_C starts reading only when the MATMULs issued before it are
+      complete for CMEM (``L + done_extra`` cycles after their last beat);
+    * a MATMUL dispatches when every load issued before it has landed, the sequencer is free
+      (back-to-back MATMULs: one idle cycle) and, behind a MATMUL with dst AMEM/BBUF_*, the array
+      is idle; it issues ``⌈M/P⌉·tiles·max(K, L)`` beats; the array is busy until
+      ``L + busy_extra`` cycles after the last beat (ARRAY_CYCLES counts those cycles);
     * SYNC and HALT wait for the DMA and the array to be idle.
 
-    An estimate for the golden backend, not a measurement (``benchmarks/matmul.py`` compares
-    it with the RTL's counters)."""
+    Not modelled: STALL_WB holds (dst BBUF_* with small K), LOAD_A rows that start off a
+    multiple of L (two AMEM writes per word), ext-memory back-pressure. An estimate for the
+    golden backend and for choosing program shapes, not a measurement
+    (``benchmarks/matmul.py`` compares it with the RTL's counters)."""
     mem_latency: int = 4
-    issue: int = 7
-    dma_setup: int = 2
-    drain_extra: int = 12          # drain = L + drain_extra
+    issue: int = 9               # fetch → dispatch of every instruction
+    dma_setup: int = 5           # a transfer: dequeue → first request
+    load_tail: int = 4           # + after the last response (loads that move words)
+    store_setup: int = 2         # STORE_C: dequeue → first CMEM read
+    store_tail: int = 5          # STORE_C: last read → done
+    # last beat → MATMUL complete for CMEM (its last CMEM write seen): L + done_extra; → array
+    # idle: L + busy_extra (the beat pipeline, the drain-register load, the drain stages)
+    done_extra: int = PE.MAC_LATENCY + 2 + PE.D_WRITE
+    busy_extra: int = PE.MAC_LATENCY + 2 + PE.D_Y
+    queue_depth: int = 4
 
-    def run(self, program, cfg, prog_len=None):
-        """Counters for a program executed from start to HALT (no errors)."""
+    def run(self, program, cfg, prog_len=None, events=None):
+        """Counters for a program executed from start to HALT (no errors). ``events``: a list
+        to append ``(pc, what, cycle)`` to (DMA transfers ending, MATMULs accepted/done)."""
+        log = events.append if events is not None else (lambda e: None)
         P, L = cfg.pes, cfg.lanes
+        lat = self.mem_latency
         n = len(program) if prog_len is None else prog_len
-        t = self.dma_setup + n * cfg.words_per_instr + self.mem_latency   # program load
-        dma_free = t               # the DMA queue drains at dma_free
-        active_end = busy_end = t  # the array stops issuing / has written back everything
+        words = n * cfg.words_per_instr
+        dma_end = 1 + self.dma_setup + (self.load_tail + words + lat if words else 0)
+        load_end = dma_end           # the last load has landed (loads_idle from then on)
+        starts = []                  # when each queued transfer left the queue
+        stall_dma = dma_end
+        t = dma_end + self.issue     # the current instruction is dispatched from cycle t on
+        array_free = 0               # the sequencer can accept a MATMUL
+        busy_end = 0                 # the array is idle from this cycle on
+        last_beat = -L - 4           # of the previous tile (the drain spacing)
         prev_local = False
-        mac = stall_dma = instret = 0
+        done = []                    # per MATMUL: the cycle its results are readable in CMEM
+        mac = array_cycles = instret = 0
         for i in program.instrs:
             op = i["op"]
-            t += self.issue
             instret += 1
             if op in (Op.LOAD_A, Op.LOAD_B, Op.LOAD_P, Op.STORE_C):
-                if op == Op.LOAD_A:
-                    words = i["rows"] * _ceil(i["k"], L)
-                elif op == Op.LOAD_B:
-                    words = i["count"]
-                elif op == Op.LOAD_P:
-                    words = i["count"] * PBUF_TILE_WORDS
+                if len(starts) >= self.queue_depth and starts[-self.queue_depth] > t:
+                    stall_dma += starts[-self.queue_depth] - t
+                    t = starts[-self.queue_depth]           # queue full
+                start = max(t + 1, dma_end)
+                starts.append(start)
+                if op == Op.STORE_C:
+                    w = i["rows"] * i["tiles"] * C_TILE_WORDS
+                    ready = done[-1] if done else 0        # every MATMUL issued before it
+                    dma_end = max(start + self.store_setup, ready) + w + self.store_tail
+                    log((instret - 1, "STORE_C end", dma_end))
                 else:
-                    words = i["rows"] * i["tiles"] * C_TILE_WORDS
-                start = max(dma_free, t) if op != Op.STORE_C else max(dma_free, t, busy_end)
-                lat = self.mem_latency if op != Op.STORE_C else 0
-                dma_free = start + self.dma_setup + words + lat
+                    if op == Op.LOAD_A:
+                        w = i["rows"] * _ceil(i["k"], L) if i["k"] else 0
+                    elif op == Op.LOAD_B:
+                        w = i["count"]
+                    else:
+                        w = i["count"] * PBUF_TILE_WORDS
+                    dma_end = start + self.dma_setup + (self.load_tail + w + lat if w else 0)
+                    load_end = dma_end
+                    log((instret - 1, f"{Op(op).name} end", dma_end))
+                t += self.issue
             elif op == Op.MATMUL:
-                ready = max(t, dma_free, active_end, busy_end if prev_local else 0)
-                stall_dma += max(0, dma_free - t)
-                beats = _ceil(i["rows"], P) * i["tiles"] * max(i["k"], L)
-                mac += beats
-                t = ready
-                active_end = ready + 1 + beats
-                busy_end = active_end + L + self.drain_extra
+                ok = max(t, load_end, busy_end if prev_local else 0)
+                stall_dma += max(0, load_end - t)
+                accept = max(ok + 1, array_free)
+                tile = max(i["k"], L)
+                ntiles = _ceil(i["rows"], P) * i["tiles"]
+                # The first tile's last beat: K beats, and last beats at least L apart (the
+                # drain; L + 4 before an ACCUM's first tile).
+                gap = L + 4 if i["flags"] & Flag.ACCUM else L
+                first_last = max(accept + i["k"], last_beat + gap)
+                last_beat = first_last + (ntiles - 1) * tile
+                mac += ntiles * i["k"]
+                array_free = last_beat + 1
+                done.append(last_beat + L + self.done_extra)
+                log((instret - 1, "MATMUL accept", accept))
+                log((instret - 1, "MATMUL done", done[-1]))
+                end = last_beat + L + self.busy_extra
+                if i["dst"] == Dst.BBUF_ROWS:
+                    end += P
+                elif i["dst"] == Dst.BBUF_T:
+                    end += min(L, i["count"] or L) * (_ceil(P, L) + 1)
+                array_cycles += max(0, end - max(accept + 1, busy_end))
+                busy_end = max(busy_end, end)
                 prev_local = i["dst"] != Dst.CMEM
+                t = accept + self.issue
             elif op in (Op.SYNC, Op.HALT):
-                stall_dma += max(0, dma_free - t)
-                t = max(t, dma_free, busy_end)
+                stall_dma += max(0, dma_end - t)
+                go = max(t, dma_end, busy_end)
                 if op == Op.HALT:
+                    t = go + 1
                     break
+                t = go + self.issue
+            else:
+                t += self.issue
         return {"CYCLES": t, "MAC_CYCLES": mac, "STALL_DMA": stall_dma, "STALL_WB": 0,
-                "INSTRET": instret}
+                "INSTRET": instret, "ARRAY_CYCLES": array_cycles}
 
 
 # --------------------------------------------------------------------------------------------
@@ -957,8 +1222,8 @@ def interpret(image, prog_base, prog_len, config, *, cost=None):
     """Execute a program against an ext-memory image, as the hardware does, sequentially.
 
     Returns ``(ext, counters)``: the final ext memory (uint8 ``(words, L)``, a copy) and the
-    counters CYCLES, MAC_CYCLES, STALL_DMA, STALL_WB, INSTRET (from :class:`CostModel`), STATUS
-    and PC. Raises :class:`AcceleratorError` with the code and PC where the hardware would set
+    counters CYCLES, MAC_CYCLES, STALL_DMA, STALL_WB, INSTRET, ARRAY_CYCLES (from
+    :class:`CostModel`), STATUS and PC. Raises :class:`AcceleratorError` with the code and PC where the hardware would set
     STATUS.error, :class:`SimulationError` for an ext access outside the image.
     """
     cfg = config

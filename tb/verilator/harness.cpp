@@ -49,7 +49,7 @@ constexpr int CMD_ADDR = 0, CMD_WE = 32, CMD_DATA = 33, CMD_MASK = 33 + 8 * L;
 enum Csr : uint8_t {
     ID = 0x00, CONFIG = 0x01, CTRL = 0x02, STATUS = 0x03, PC = 0x04, PROG_BASE = 0x05,
     PROG_LEN = 0x06, CYCLES = 0x08, MAC_CYCLES = 0x09, STALL_DMA = 0x0A, STALL_WB = 0x0B,
-    INSTRET = 0x0C,
+    INSTRET = 0x0C, ARRAY_CYCLES = 0x0D,
 };
 
 // ---- bit access on Verilator port types (CData/SData/IData/QData or VlWide<N>)
@@ -183,10 +183,11 @@ public:
         FILE* f = std::fopen(opt.counters.c_str(), "w");
         if (!f) fail("cannot write " + opt.counters);
         std::fprintf(f, "{\"ID\": %u, \"CONFIG\": %u, \"STATUS\": %u, \"PC\": %u, \"CYCLES\": %u, "
-                        "\"MAC_CYCLES\": %u, \"STALL_DMA\": %u, \"STALL_WB\": %u, \"INSTRET\": %u, ",
+                        "\"MAC_CYCLES\": %u, \"STALL_DMA\": %u, \"STALL_WB\": %u, \"INSTRET\": %u, "
+                        "\"ARRAY_CYCLES\": %u, ",
                      id, config, status, bus(false, PC, 0), bus(false, CYCLES, 0),
                      bus(false, MAC_CYCLES, 0), bus(false, STALL_DMA, 0), bus(false, STALL_WB, 0),
-                     bus(false, INSTRET, 0));
+                     bus(false, INSTRET, 0), bus(false, ARRAY_CYCLES, 0));
         std::fprintf(f, "\"halted\": %d, \"error\": %d, \"error_code\": %u, \"timeout\": %d, "
                         "\"sim_cycles\": %llu, \"wall_s\": %.6f, \"mem_reads\": %llu, "
                         "\"mem_writes\": %llu}\n",
