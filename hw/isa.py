@@ -22,7 +22,12 @@ class Op(enum.IntEnum):
     LOAD_A = 0x11    # ext → PE-local A memories, row n to PE n mod P
     LOAD_P = 0x12    # ext → column-parameter buffer (bias, m, sh), `count` tiles
     STORE_C = 0x13   # PE-local int32 results → ext
+    LOAD_C = 0x14    # ext → PE-local CMEM rows (the inverse of STORE_C)
+    LOAD_T = 0x15    # ext → activation tables (512 int9 entries, the same in every PE)
     MATMUL = 0x20
+    SOFTMAX = 0x30   # row operation: attention weights + row scales, or (NORM) probabilities
+    LAYERNORM = 0x31  # row operation: LayerNorm of int16 rows
+    RADD = 0x32      # row operation: residual add with per-column rescale
 
 
 class Dst(enum.IntEnum):
@@ -42,8 +47,12 @@ class Sat(enum.IntEnum):
 
 class Flag(enum.IntFlag):
     BIAS = 1         # accumulators start at the column-parameter bias
-    ACCUM = 2        # accumulators start at the CMEM value at the output address (dst CMEM only)
+    ACCUM = 2        # accumulators start at the CMEM value at the output address (dst CMEM/AMEM)
     RELU = 4         # max(0, ·) after requantization
+    RSCALE = 8       # MATMUL: scale row r by the row-scale entry RS[r] before the requantization
+    NORM = 8         # SOFTMAX: normalized probabilities (an alias of bit 3)
+    REQ = 16         # MATMUL dst CMEM: store the requantized, saturated value
+    ACT = 32         # MATMUL dst AMEM, sat INT8: look the result up in activation table imm[0]
 
 
 class ErrorCode(enum.IntEnum):

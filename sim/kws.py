@@ -1,10 +1,21 @@
 """Keyword spotting from the command line: ``predict`` on wav files, ``eval`` over a folder.
 
-    python -m sim.kws predict WAV... [--backend golden] [--json]
-    python -m sim.kws eval DIR [--backend golden] [--float] [--limit N] [--json]
+    python -m sim.kws predict WAV... [--backend B] [--pes 8] [--lanes 16] [--json]
+    python -m sim.kws eval DIR [--backend B] [--float] [--limit N] [--json]
 
-Backends: ``golden`` (the bit-exact numpy model of the accelerator); ``--float`` runs the float
-reference instead. Errors (bad wav, missing model, ...) print one ``error:`` line and exit 2.
+Backends: ``golden`` (the bit-exact numpy model of the accelerator, fast); ``interp`` (the
+compiled program, sim/compiler.py, on the functional ISA interpreter); ``amaranth`` and
+``verilator`` (the compiled program on the simulated hardware, through
+:func:`sim.backends.run_job`). ``--float`` runs the float reference instead.
+
+Every result carries the label, the logits, and the accelerator's figures for the clip at
+``--pes``/``--lanes``: ``cycles`` (the hardware's CYCLES counter on amaranth/verilator; the
+cost model, :class:`sim.program.CostModel`, on golden/interp — ``cycles_source`` says
+which), ``mac_ops`` (useful multiply-accumulates), ``mac_utilization`` = mac_ops / (cycles·P·L)
+and ``layer_cycles`` (embed, layer0…, head). The hardware's counters are read only at the end
+of a run, so the per-layer breakdown always comes from the cost model's timeline of the same
+program (docs/compiler.md). Errors (bad wav, missing model, a model that does not fit the
+accelerator, ...) print one ``error:`` line and exit 2; a failed simulation exits 1.
 """
 import argparse
 import json
@@ -23,22 +34,59 @@ __all__ = ["main", "load_backend", "DEFAULT_MODEL"]
 
 DEFAULT_MODEL = repo_root() / "data" / "kwt1_int8.npz"
 FLOAT_MODEL = repo_root() / "data" / "kwt1_float.npz"
-BACKENDS = ("golden",)
+BACKENDS = ("golden", "interp", "amaranth", "verilator")
 BATCH = 64
+# the hardware top's default depths (docs/architecture.md)
+HW_DEPTHS = dict(amem_depth=8192, cmem_depth=4096, bbuf_depth=4096, pbuf_depth=64,
+                 imem_depth=256)
 
 
-class _Golden:
-    """The int8 model on the numpy golden model; logits dequantized with the model's scale."""
+class _Accel:
+    """The int8 model: on the numpy golden model (``golden``) or as the compiled program on a
+    backend; logits dequantized with the model's scale, plus the accelerator's figures."""
 
-    def __init__(self, model_path):
+    def __init__(self, name, model_path, config):
+        from .compiler import KwtPrograms
         from .qmodel import load_qmodel
+        self.name = name
         self.model = load_qmodel(model_path)
         self.scale = float(self.model.scales.get("logits", 1.0))
+        self.config = config
+        self.programs = KwtPrograms(self.model, config)
+        self.backend = None
+        if name in ("amaranth", "verilator"):
+            from .backends import get_backend
+            self.backend = get_backend(name)
+
+    def _figures(self, job, counters=None):
+        sections, model_counters = self.programs.stats(job)
+        P, L = self.config.pes, self.config.lanes
+        cycles = int((counters or model_counters)["CYCLES"])
+        return {"cycles": cycles,
+                "cycles_source": "cost model" if counters is None or self.backend is None
+                else f"{self.name} CYCLES counter",
+                "mac_ops": int(job.mac_ops),
+                "mac_utilization": job.mac_ops / (cycles * P * L) if cycles else None,
+                "layer_cycles": sections, "layer_cycles_source": "cost model",
+                "instructions": job.prog_len, "pes": P, "lanes": L}
 
     def run(self, feats):
+        from .compiler import run_compiled
         from .golden import kwt
-        q = kwt(self.model, self.model.quantize_input(feats))
-        return [{"logits": (row * self.scale).tolist(), "logits_int": row.tolist()} for row in q]
+        x9 = self.model.quantize_input(feats)
+        out = []
+        if self.name == "golden":
+            q = kwt(self.model, x9)
+        for n, x in enumerate(x9):
+            job = self.programs.job(x, patch=self.name != "golden")
+            if self.name == "golden":
+                row, counters = q[n], None
+            else:
+                res, counters, _ = run_compiled(job, self.backend or "interp")
+                row = res[0]
+            out.append({"logits": (row * self.scale).tolist(), "logits_int": row.tolist(),
+                        **self._figures(job, counters)})
+        return out
 
 
 class _Float:
@@ -53,12 +101,17 @@ class _Float:
         return [{"logits": row.tolist()} for row in kwt_forward(self.weights, feats)]
 
 
-def load_backend(name, *, model=None, use_float=False, tflite=None):
+def load_backend(name, *, model=None, use_float=False, tflite=None, config=None):
+    """``config``: the accelerator (an :class:`sim.program.AccelConfig`; default P = 8, L = 16
+    with the hardware's default depths)."""
     if use_float:
         return _Float(tflite)
     if name not in BACKENDS:
         raise InputError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
-    return _Golden(model or DEFAULT_MODEL)
+    if config is None:
+        from .program import AccelConfig
+        config = AccelConfig(pes=8, lanes=16, **HW_DEPTHS)
+    return _Accel(name, model or DEFAULT_MODEL, config)
 
 
 def _features(paths):
@@ -96,6 +149,13 @@ def cmd_predict(args, backend):
     else:
         for o in out:
             print(f"{o['file']}: {o['label']}  (top logit {max(o['logits']):.3f})")
+            print("  logits: " + " ".join(f"{v:.3f}" for v in o["logits"]))
+            if "cycles" in o:
+                print(f"  {o['cycles']} cycles ({o['cycles_source']}) at P={o['pes']} "
+                      f"L={o['lanes']}, {o['mac_ops']} MACs, MAC utilization "
+                      f"{100 * o['mac_utilization']:.1f} %")
+                print("  per layer (cost model): " + ", ".join(
+                    f"{k} {v}" for k, v in o["layer_cycles"].items()))
 
 
 def cmd_eval(args, backend):
@@ -114,12 +174,28 @@ def cmd_eval(args, backend):
     summary = {"n": n, "accuracy": correct / n,
                "per_class": {k: {"n": v[0], "accuracy": v[1] / v[0]} for k, v in sorted(per.items())},
                "backend": "float" if args.float else args.backend}
+    if results and "cycles" in results[0]:
+        cyc = np.array([r["cycles"] for r in results], dtype=np.float64)
+        summary.update(
+            pes=results[0]["pes"], lanes=results[0]["lanes"],
+            cycles_mean=float(cyc.mean()), cycles_max=int(cyc.max()),
+            cycles_source=results[0]["cycles_source"],
+            mac_ops_mean=float(np.mean([r["mac_ops"] for r in results])),
+            mac_utilization_mean=float(np.mean([r["mac_utilization"] for r in results])),
+            layer_cycles_mean={k: float(np.mean([r["layer_cycles"][k] for r in results]))
+                               for k in results[0]["layer_cycles"]})
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"{summary['backend']}: top-1 {100 * summary['accuracy']:.2f} % on {n} clips")
         for k, v in summary["per_class"].items():
             print(f"  {k:10s} {100 * v['accuracy']:6.2f} %  ({v['n']})")
+        if "cycles_mean" in summary:
+            print(f"  {summary['cycles_mean']:.0f} cycles per clip ({summary['cycles_source']}) "
+                  f"at P={summary['pes']} L={summary['lanes']}, MAC utilization "
+                  f"{100 * summary['mac_utilization_mean']:.1f} %")
+            print("  per layer (cost model): " + ", ".join(
+                f"{k} {v:.0f}" for k, v in summary["layer_cycles_mean"].items()))
 
 
 def main(argv=None):
@@ -127,6 +203,12 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--backend", default="golden", help=f"one of: {', '.join(BACKENDS)} (default golden)")
+    common.add_argument("--pes", type=int, default=8, help="processing elements P (default 8)")
+    common.add_argument("--lanes", type=int, default=16, help="lanes per PE L (default 16)")
+    common.add_argument("--amem-depth", type=int, default=HW_DEPTHS["amem_depth"],
+                        help=f"AMEM elements per PE (default {HW_DEPTHS['amem_depth']})")
+    common.add_argument("--imem-depth", type=int, default=HW_DEPTHS["imem_depth"],
+                        help=f"IMEM instructions (default {HW_DEPTHS['imem_depth']})")
     common.add_argument("--model", default=None, help=f"int8 model file (default {DEFAULT_MODEL.relative_to(repo_root())})")
     common.add_argument("--float", action="store_true", help="run the float reference (needs the TFLite release)")
     common.add_argument("--tflite", default=None, help="TFLite model for --float (default: data/kwt1_float.npz, "
@@ -140,10 +222,18 @@ def main(argv=None):
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     try:
-        backend = load_backend(args.backend, model=args.model, use_float=args.float, tflite=args.tflite)
+        config = None
+        if not args.float:
+            from .program import AccelConfig
+            config = AccelConfig(pes=args.pes, lanes=args.lanes,
+                                 **{**HW_DEPTHS, "amem_depth": args.amem_depth,
+                                    "imem_depth": args.imem_depth})
+        backend = load_backend(args.backend, model=args.model, use_float=args.float,
+                               tflite=args.tflite, config=config)
         (cmd_predict if args.cmd == "predict" else cmd_eval)(args, backend)
     except KwsError as e:
-        ap.exit(2, f"error: {e}\n")
+        from .program import AcceleratorError, SimulationError
+        ap.exit(1 if isinstance(e, (AcceleratorError, SimulationError)) else 2, f"error: {e}\n")
     except OSError as e:
         ap.exit(2, f"error: {e.filename or ''}: {e.strerror or e}\n")
 

@@ -134,6 +134,40 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def layer_forward(lw: LayerWeights, x: np.ndarray, heads: int, attn_scale: float, eps: float,
+                  record=None) -> np.ndarray:
+    """One post-norm block on float tokens ``x`` (batch, tokens, dim); ``record(name, value)``
+    receives ``q``, ``k``, ``v``, ``scores``, ``probs``, ``attn``, ``o``, ``h1``, ``x1``, ``ff1``,
+    ``gelu``, ``ff2``, ``h2``, ``x2`` (the names of :func:`kwt_forward`'s trace without the
+    layer prefix)."""
+    b, t, d = x.shape
+    hd = d // heads
+
+    def split_heads(y: np.ndarray) -> np.ndarray:  # (b, t, d) -> (b, h, t, hd)
+        return y.reshape(b, t, heads, hd).transpose(0, 2, 1, 3)
+
+    q = (x @ lw.wq.T) * attn_scale
+    k = x @ lw.wk.T
+    v = x @ lw.wv.T
+    scores = split_heads(q) @ split_heads(k).transpose(0, 1, 3, 2)
+    probs = _softmax(scores)
+    attn = (probs @ split_heads(v)).transpose(0, 2, 1, 3).reshape(b, t, d)
+    o = attn @ lw.wo.T + lw.bo
+    h1 = x + o
+    x1 = _layer_norm(h1, lw.ln1_g, lw.ln1_b, eps)
+    ff1 = x1 @ lw.w1.T + lw.b1
+    g = gelu_tanh(ff1)
+    ff2 = g @ lw.w2.T + lw.b2
+    h2 = x1 + ff2
+    x2 = _layer_norm(h2, lw.ln2_g, lw.ln2_b, eps)
+    if record is not None:
+        for name, value in (("q", q), ("k", k), ("v", v), ("scores", scores), ("probs", probs),
+                            ("attn", attn), ("o", o), ("h1", h1), ("x1", x1), ("ff1", ff1),
+                            ("gelu", g), ("ff2", ff2), ("h2", h2), ("x2", x2)):  # fmt: skip
+            record(name, value)
+    return x2
+
+
 def kwt_forward(weights: KwtFloatWeights, mfcc: np.ndarray, trace: dict | None = None) -> np.ndarray:
     """Run the transformer on MFCC features in float64.
 
@@ -174,39 +208,19 @@ def kwt_forward(weights: KwtFloatWeights, mfcc: np.ndarray, trace: dict | None =
         raise InputError("MFCC features must be finite numbers")
     x = x.astype(np.float64, copy=False)
     w = weights
-    b, t, d, h = x.shape[0], NUM_TOKENS, w.dim, w.heads
-    hd = d // h
+    b, d, h = x.shape[0], w.dim, w.heads
 
     def record(name: str, value: np.ndarray) -> None:
         if trace is not None:
             trace[name] = value
-
-    def split_heads(y: np.ndarray) -> np.ndarray:  # (b, t, d) -> (b, h, t, hd)
-        return y.reshape(b, t, h, hd).transpose(0, 2, 1, 3)
 
     tokens = x @ w.in_w.T + w.in_b
     x = np.concatenate([np.broadcast_to(w.cls, (b, 1, d)), tokens], axis=1) + w.pos
     record("x0", x)
     for i, lw in enumerate(w.layers):
         p = f"l{i}."
-        q = (x @ lw.wq.T) * w.attn_scale
-        k = x @ lw.wk.T
-        v = x @ lw.wv.T
-        scores = split_heads(q) @ split_heads(k).transpose(0, 1, 3, 2)
-        probs = _softmax(scores)
-        attn = (probs @ split_heads(v)).transpose(0, 2, 1, 3).reshape(b, t, d)
-        o = attn @ lw.wo.T + lw.bo
-        h1 = x + o
-        x1 = _layer_norm(h1, lw.ln1_g, lw.ln1_b, w.eps)
-        ff1 = x1 @ lw.w1.T + lw.b1
-        g = gelu_tanh(ff1)
-        ff2 = g @ lw.w2.T + lw.b2
-        h2 = x1 + ff2
-        x = _layer_norm(h2, lw.ln2_g, lw.ln2_b, w.eps)
-        for name, value in (("q", q), ("k", k), ("v", v), ("scores", scores), ("probs", probs),
-                            ("attn", attn), ("o", o), ("h1", h1), ("x1", x1), ("ff1", ff1),
-                            ("gelu", g), ("ff2", ff2), ("h2", h2), ("x2", x)):  # fmt: skip
-            record(p + name, value)
+        x = layer_forward(lw, x, h, w.attn_scale, w.eps, None if trace is None else
+                          (lambda name, value, p=p: record(p + name, value)))
     logits = x[:, 0] @ w.head_w.T + w.head_b
     record("logits", logits)
     return logits[0] if single else logits

@@ -1,20 +1,24 @@
-"""Accelerator programs and ext-memory images (docs/isa.md), and the ISA's reference interpreter.
+"""Accelerator programs and ext-memory images (docs/isa.md, docs/isa_transformer.md), and the
+ISA's reference interpreter.
 
 Three layers:
 
 * **Layouts** — numpy conversions between matrices and ext-memory words of L bytes:
   :func:`a_words` (LOAD_A rows), :func:`b_words` (tile-major BBUF words), :func:`param_words`
-  (7-word PBUF tiles), :func:`c_from_words` (STORE_C blocks).
+  (7-word PBUF tiles), :func:`c_from_words` (STORE_C blocks), :func:`c_words` (LOAD_C blocks),
+  :func:`t_words` (LOAD_T activation tables).
 * **Builders** — :class:`Assembler` (checked instructions, encoded with ``hw.isa.encode``),
   :class:`ImageBuilder` (regions of one ext-memory image), and the program generators
   :func:`matmul_program` / :func:`chain_program`, which return a :class:`Job`: the image, the
   program, where it starts, and how to read the results back.
 * **Reference** — :func:`interpret`, a numpy interpreter of the ISA built on the golden functions
-  (``sim.golden.matmul``/``requant``). It fetches the program from the image like the hardware
+  (``sim.golden.matmul``/``requant``/``exp_weights``/``softmax``/``add``/``rsqrt``, the
+  LayerNorm as docs/isa_transformer.md states it). It fetches the program from the image like the hardware
   does, raises :class:`AcceleratorError` where the hardware sets STATUS.error, and returns the
   final ext memory and counters; the cycle counters come from the timing model in
   :class:`CostModel` (the program replayed against the documented interlocks and latencies),
-  not from hardware.
+  not from hardware. :func:`accesses` names the spans an instruction reads and writes (for the
+  ordering checks of ``sim.compiler``).
 
 Everything the hardware backends must match bit for bit is the final ext memory this
 interpreter produces.
@@ -30,15 +34,23 @@ from hw.isa import INSTR_BITS, Dst, ErrorCode, Flag, Op, Sat, decode, encode
 from hw.pe import PE
 
 from .errors import InputError, KwsError
+from .golden import add as golden_add
+from .golden import exp_weights as golden_exp_weights
 from .golden import matmul as golden_matmul
 from .golden import requant as golden_requant
-from .golden.fixed import INT8, INT9, INT16, INT32, UINT8
+from .golden import rsqrt as golden_rsqrt
+from .golden import softmax as golden_softmax
+from .golden.attention import mantissa15
+from .golden.divide import divide as golden_divide
+from .golden.fixed import INT8, INT9, INT16, INT32, UINT8, clip, rshift_round
 from .golden.mac import MAX_K, wrap32
 
 __all__ = [
     "AccelConfig", "AcceleratorError", "Assembler", "Program", "ImageBuilder", "Region", "Job",
     "OutputBlock", "Stage", "CostModel", "SAT_RANGE", "a_words", "b_words", "param_words",
-    "c_from_words", "matmul_program", "chain_program", "interpret", "status_word",
+    "c_from_words", "c_words", "t_words", "matmul_program", "chain_program", "interpret",
+    "status_word", "accesses", "lag_of", "ROW_OPS", "LOAD_OPS", "RS_ENTRIES", "TABLE_ENTRIES",
+    "MAX_ROW_K",
 ]
 
 SAT_RANGE = {Sat.INT8: INT8, Sat.INT9: INT9, Sat.INT16: INT16, Sat.UINT8: UINT8}
@@ -46,6 +58,18 @@ PBUF_TILE_WORDS = 7
 C_TILE_WORDS = 4          # STORE_C: one row's L int32 of one tile
 AMEM_BITS = 9
 BBUF_BITS = 8
+MATMUL_FLAGS = int(Flag.BIAS | Flag.ACCUM | Flag.RELU | Flag.RSCALE | Flag.REQ | Flag.ACT)
+ROW_OPS = (Op.SOFTMAX, Op.LAYERNORM, Op.RADD)
+LOAD_OPS = (Op.LOAD_A, Op.LOAD_B, Op.LOAD_P, Op.LOAD_C, Op.LOAD_T)
+RS_ENTRIES = 256             # row-scale entries per PE
+TABLE_ENTRIES = 512          # activation table: two tables of 256 int9
+MAX_ROW_K = 1024             # longest row of a row operation
+LAG_MASK = 0xFF              # the load lag: ext_addr[7:0] of MATMUL and the row operations
+
+
+def lag_of(i):
+    """The load lag of a MATMUL / row operation (``ext_addr[7:0]``)."""
+    return i["ext_addr"] & LAG_MASK
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,6 +199,27 @@ def c_from_words(words, rows, tiles, lanes):
     return w.reshape(-1).view("<i4").reshape(rows, tiles * lanes).astype(np.int64)
 
 
+def c_words(c, lanes):
+    """LOAD_C format (the STORE_C packing): row n, tile t → 4 words at ``(n·tiles + t)·4``,
+    L int32 little-endian; columns past N are 0."""
+    c = np.asarray(c, dtype=np.int64)
+    m, n = c.shape
+    tiles = _ceil(n, lanes)
+    out = np.zeros((m, tiles * lanes), dtype="<i4")
+    out[:, :n] = c
+    return out.view(np.uint8).reshape(m * tiles * C_TILE_WORDS, lanes)
+
+
+def t_words(table, lanes):
+    """LOAD_T format: entry e as int16 little-endian at bytes ``2(e mod L/2)`` of word
+    ``e div (L/2)``."""
+    t = np.asarray(table, dtype=np.int64).reshape(-1)
+    per = lanes // 2
+    out = np.zeros(_ceil(len(t), per) * per, dtype="<i2")
+    out[:len(t)] = t
+    return out.view(np.uint8).reshape(-1, lanes)
+
+
 def _instr_words(word, lanes):
     return np.frombuffer(int(word).to_bytes(INSTR_BITS // 8, "little"), dtype=np.uint8) \
         .reshape(-1, lanes)
@@ -272,17 +317,74 @@ class Assembler:
         return self._emit(Op.STORE_C, ext_addr=ext_addr, rows=rows, tiles=tiles, out_base=out_base,
                           out_stride=tiles * self.cfg.lanes if out_stride is None else out_stride)
 
+    @staticmethod
+    def _lag(lag):
+        if not 0 <= int(lag) <= LAG_MASK:
+            raise InputError(f"load lag {lag} is not 0…{LAG_MASK}")
+        return int(lag)
+
     def matmul(self, *, rows, k, tiles, n=0, a_base=0, a_stride=None, b_base=0, p_base=0,
                dst=Dst.CMEM, out_base=0, out_stride=None, sat=Sat.INT8, bias=False, accum=False,
-               relu=False):
-        """``n``: the number of result columns written (field ``count``; 0 means tiles·L)."""
-        flags = (Flag.BIAS if bias else 0) | (Flag.ACCUM if accum else 0) | (Flag.RELU if relu else 0)
+               relu=False, rscale=False, req=False, act=False, table=0, lag=0):
+        """``table``: which activation table ACT uses (``imm[0]``)."""
+        flags = ((Flag.BIAS if bias else 0) | (Flag.ACCUM if accum else 0)
+                 | (Flag.RELU if relu else 0) | (Flag.RSCALE if rscale else 0)
+                 | (Flag.REQ if req else 0) | (Flag.ACT if act else 0))
         if out_stride is None:
             out_stride = tiles * self.cfg.lanes
         return self._emit(Op.MATMUL, rows=rows, k=k, tiles=tiles, a_base=a_base,
                           a_stride=k if a_stride is None else a_stride, b_base=b_base,
                           p_base=p_base, dst=int(dst), out_base=out_base, out_stride=out_stride,
-                          sat=int(sat), flags=int(flags), count=n)
+                          sat=int(_sat(sat)), flags=int(flags), count=n,
+                          imm=int(table) & 1 if act else 0, ext_addr=self._lag(lag))
+
+    def load_c(self, ext_addr, rows, tiles, out_base=0, out_stride=None):
+        return self._emit(Op.LOAD_C, ext_addr=ext_addr, rows=rows, tiles=tiles, out_base=out_base,
+                          out_stride=tiles * self.cfg.lanes if out_stride is None else out_stride)
+
+    def load_t(self, ext_addr, count, a_base=0):
+        return self._emit(Op.LOAD_T, ext_addr=ext_addr, count=count, a_base=a_base)
+
+    def softmax(self, *, rows, k, a_base=0, a_stride=None, out_base=0, out_stride=None,
+                dst=Dst.AMEM, c_e, sh_e, norm=False, lag=0):
+        """Attention mode (weights + row scales) or, with ``norm``, probabilities."""
+        if not 0 <= int(c_e) < 1 << 16 or not 0 <= int(sh_e) < 64:
+            raise InputError(f"SOFTMAX constants c_e={c_e} (16 bits), sh_e={sh_e} (6 bits)")
+        return self._emit(Op.SOFTMAX, rows=rows, k=k, a_base=a_base,
+                          a_stride=k if a_stride is None else a_stride, dst=int(dst),
+                          out_base=out_base, out_stride=k if out_stride is None else out_stride,
+                          flags=Flag.NORM if norm else 0, imm=int(c_e) | int(sh_e) << 16,
+                          ext_addr=self._lag(lag))
+
+    def layernorm(self, *, rows, k, a_base=0, a_stride=None, out_base=0, out_stride=None,
+                  dst=Dst.AMEM, p_base=0, r_d, E, sat=Sat.INT9, lag=0):
+        """PBUF tiles ``p_base…``: bias = B_j, m = G_j (signed), sh = the output shift."""
+        if not 0 <= int(r_d) < 1 << 25 or not 0 <= int(E) < 1 << 40:
+            raise InputError(f"LAYERNORM constants r_D={r_d} (25 bits), E={E} (40 bits)")
+        return self._emit(Op.LAYERNORM, rows=rows, k=k, a_base=a_base,
+                          a_stride=k if a_stride is None else a_stride, dst=int(dst),
+                          out_base=out_base, out_stride=k if out_stride is None else out_stride,
+                          p_base=p_base, imm=int(r_d), count=int(E) & 0xFFFFFFFF,
+                          tiles=int(E) >> 32, sat=int(_sat(sat)), ext_addr=self._lag(lag))
+
+    def radd(self, *, rows, k, a_base=0, a_stride=None, b_base=0, b_stride=None, out_base=0,
+             out_stride=None, dst=Dst.CMEM, p_base=0, sat=Sat.INT16, lag=0):
+        """``dst = sat(CMEM[a] + rshift_round(AMEM[b]·m, sh))``; ``b_stride`` in ``imm[15:0]``."""
+        b_stride = k if b_stride is None else b_stride
+        if not 0 <= int(b_stride) < 1 << 16:
+            raise InputError(f"RADD AMEM row stride {b_stride} does not fit 16 bits")
+        return self._emit(Op.RADD, rows=rows, k=k, a_base=a_base,
+                          a_stride=k if a_stride is None else a_stride, b_base=b_base,
+                          imm=int(b_stride), dst=int(dst), out_base=out_base,
+                          out_stride=k if out_stride is None else out_stride, p_base=p_base,
+                          sat=int(_sat(sat)), ext_addr=self._lag(lag))
+
+
+def _sat(s):
+    try:
+        return Sat[s.upper()] if isinstance(s, str) else Sat(s)
+    except (KeyError, ValueError):
+        raise InputError(f"sat must be one of {', '.join(x.name for x in Sat)}") from None
 
 
 def _full(fields):
@@ -295,11 +397,14 @@ def _full(fields):
 def static_check(i, cfg):
     """The decode-time check of one instruction: ``None`` or ``(ErrorCode, reason)``.
 
-    Mirrors the controller (hw/controller.py), including the priority when several checks
-    fail: ILLEGAL_OPCODE, BAD_FIELD, AMEM_RANGE (A read, then AMEM write), CMEM_RANGE,
-    BBUF_RANGE (B read or BBUF write), PBUF_RANGE. Extents use ``⌈rows/P⌉`` local rows (PE 0
-    has the most) and, for MATMUL writes, N = ``count`` (0 means tiles·L). A LOAD_A or STORE_C
-    with nothing to move (rows, k or tiles 0) is not range-checked; LOAD_B/LOAD_P always are.
+    Mirrors the controller (hw/controller.py) for the whole ISA (docs/isa.md,
+    docs/isa_transformer.md), including the priority when several checks fail: ILLEGAL_OPCODE,
+    BAD_FIELD, AMEM_RANGE (A read, then AMEM write), CMEM_RANGE, BBUF_RANGE (B read or BBUF
+    write), PBUF_RANGE. Extents use ``⌈rows/P⌉`` local rows (PE 0 has the most) and, for MATMUL
+    writes, N = ``count`` (0 means tiles·L). A LOAD_A, LOAD_C or STORE_C with nothing to move
+    (rows, k or tiles 0) is not range-checked; LOAD_B/LOAD_P always are. Beyond the text of
+    isa_transformer.md: PBUF is range-checked for REQ (it reads m/sh), and CMEM for ACCUM into
+    AMEM (the start values).
     """
     P, L = cfg.pes, cfg.lanes
     op = i["op"]
@@ -308,12 +413,16 @@ def static_check(i, cfg):
     op = Op(op)
     R = _ceil(i["rows"], P)
     rm1 = max(R - 1, 0)
-    errs = []       # (code, reason) in priority order
+    errs = []
 
     def over(code, what, end, limit):
         if end > limit:
             errs.append((code, f"{what} end {end} > depth {limit}"))
 
+    flags = i["flags"]
+    allowed = MATMUL_FLAGS if op == Op.MATMUL else int(Flag.NORM) if op == Op.SOFTMAX else 0
+    if flags & ~allowed:
+        return ErrorCode.BAD_FIELD, f"{op.name}: flag bits {flags:#04x} not allowed"
     if op == Op.LOAD_B:
         over(ErrorCode.BBUF_RANGE, "BBUF write", i["b_base"] + i["count"], cfg.bbuf_depth)
     elif op == Op.LOAD_P:
@@ -322,12 +431,17 @@ def static_check(i, cfg):
         if i["rows"] and i["k"]:
             over(ErrorCode.AMEM_RANGE, "AMEM write", i["a_base"] + rm1 * i["a_stride"] + i["k"],
                  cfg.amem_depth)
-    elif op == Op.STORE_C:
+    elif op in (Op.STORE_C, Op.LOAD_C):
         if i["rows"] and i["tiles"]:
-            over(ErrorCode.CMEM_RANGE, "CMEM read",
+            what = "CMEM read" if op == Op.STORE_C else "CMEM write"
+            over(ErrorCode.CMEM_RANGE, what,
                  i["out_base"] + rm1 * i["out_stride"] + i["tiles"] * L, cfg.cmem_depth)
+    elif op == Op.LOAD_T:
+        if i["a_base"] + i["count"] > TABLE_ENTRIES:
+            return ErrorCode.BAD_FIELD, (f"table entries {i['a_base']}…"
+                                         f"{i['a_base'] + i['count'] - 1} past {TABLE_ENTRIES}")
     elif op == Op.MATMUL:
-        M, K, T, dst, sat, flags = (i[f] for f in ("rows", "k", "tiles", "dst", "sat", "flags"))
+        M, K, T, dst, sat = (i[f] for f in ("rows", "k", "tiles", "dst", "sat"))
         N = i["count"] or T * L
         if not (M and K and T):
             return ErrorCode.BAD_FIELD, "rows, k and tiles must be non-zero"
@@ -335,10 +449,16 @@ def static_check(i, cfg):
             return ErrorCode.BAD_FIELD, f"count (N) {i['count']} > tiles·L = {T * L}"
         if dst > max(Dst) or sat > max(Sat):
             return ErrorCode.BAD_FIELD, f"dst {dst} / sat {sat} out of range"
-        if flags & ~int(Flag.BIAS | Flag.ACCUM | Flag.RELU):
-            return ErrorCode.BAD_FIELD, f"unknown flag bits {flags:#04x}"
-        if flags & Flag.ACCUM and dst != Dst.CMEM:
-            return ErrorCode.BAD_FIELD, "ACCUM needs dst CMEM"
+        if flags & Flag.ACCUM and dst in (Dst.BBUF_ROWS, Dst.BBUF_T):
+            return ErrorCode.BAD_FIELD, "ACCUM needs dst CMEM or AMEM"
+        if flags & Flag.REQ and dst != Dst.CMEM:
+            return ErrorCode.BAD_FIELD, "REQ needs dst CMEM"
+        if flags & Flag.ACT and (dst != Dst.AMEM or sat != Sat.INT8):
+            return ErrorCode.BAD_FIELD, "ACT needs dst AMEM and sat INT8"
+        if flags & Flag.RSCALE and dst == Dst.CMEM and not flags & Flag.REQ:
+            return ErrorCode.BAD_FIELD, "RSCALE with dst CMEM needs REQ"
+        if flags & Flag.RSCALE and R > RS_ENTRIES:
+            return ErrorCode.BAD_FIELD, f"RSCALE with {R} row passes (> {RS_ENTRIES})"
         if dst == Dst.AMEM and sat == Sat.INT16:
             return ErrorCode.BAD_FIELD, "AMEM holds int9: sat INT16 is not allowed"
         if dst in (Dst.BBUF_ROWS, Dst.BBUF_T) and sat != Sat.INT8:
@@ -353,13 +473,44 @@ def static_check(i, cfg):
             o_end = i["out_base"] + rm1 * i["out_stride"] + N
         if dst == Dst.AMEM:
             over(ErrorCode.AMEM_RANGE, "AMEM write", o_end, cfg.amem_depth)
-        if dst == Dst.CMEM:
-            over(ErrorCode.CMEM_RANGE, "CMEM write", o_end, cfg.cmem_depth)
+        if dst == Dst.CMEM or flags & Flag.ACCUM:
+            over(ErrorCode.CMEM_RANGE, "CMEM write" if dst == Dst.CMEM else "CMEM start-value read",
+                 o_end, cfg.cmem_depth)
         over(ErrorCode.BBUF_RANGE, "B read", i["b_base"] + T * K, cfg.bbuf_depth)
         if dst in (Dst.BBUF_ROWS, Dst.BBUF_T):
             over(ErrorCode.BBUF_RANGE, "BBUF write", o_end, cfg.bbuf_depth)
-        if flags & Flag.BIAS or dst != Dst.CMEM:
+        if flags & (Flag.BIAS | Flag.REQ) or dst != Dst.CMEM:
             over(ErrorCode.PBUF_RANGE, "PBUF read", i["p_base"] + T, cfg.pbuf_depth)
+    elif op in ROW_OPS:
+        k, rows, dst, sat = i["k"], i["rows"], i["dst"], i["sat"]
+        if not 1 <= k <= MAX_ROW_K:
+            return ErrorCode.BAD_FIELD, f"row length k = {k} (1…{MAX_ROW_K})"
+        if not rows:
+            return ErrorCode.BAD_FIELD, "rows must be non-zero"
+        if dst not in (Dst.CMEM, Dst.AMEM):
+            return ErrorCode.BAD_FIELD, f"dst {dst}: row operations write CMEM or AMEM"
+        if op != Op.SOFTMAX:
+            if sat > max(Sat):
+                return ErrorCode.BAD_FIELD, f"sat {sat} out of range"
+            if dst == Dst.AMEM and sat == Sat.INT16:
+                return ErrorCode.BAD_FIELD, "AMEM holds int9: sat INT16 is not allowed"
+        if op == Op.SOFTMAX and not flags & Flag.NORM and R > RS_ENTRIES:
+            return ErrorCode.BAD_FIELD, f"SOFTMAX with {R} local rows (> {RS_ENTRIES} row scales)"
+        o_end = i["out_base"] + rm1 * i["out_stride"] + k
+        if op == Op.RADD:
+            over(ErrorCode.AMEM_RANGE, "AMEM read", i["b_base"] + rm1 * (i["imm"] & 0xFFFF) + k,
+                 cfg.amem_depth)
+        if dst == Dst.AMEM:
+            over(ErrorCode.AMEM_RANGE, "AMEM write", o_end, cfg.amem_depth)
+        over(ErrorCode.CMEM_RANGE, "CMEM read", i["a_base"] + rm1 * i["a_stride"] + k,
+             cfg.cmem_depth)
+        if dst == Dst.CMEM:
+            over(ErrorCode.CMEM_RANGE, "CMEM write", o_end, cfg.cmem_depth)
+        if op != Op.SOFTMAX:
+            over(ErrorCode.PBUF_RANGE, "PBUF read", i["p_base"] + _ceil(k, L), cfg.pbuf_depth)
+    order = [ErrorCode.AMEM_RANGE, ErrorCode.CMEM_RANGE, ErrorCode.BBUF_RANGE,
+             ErrorCode.PBUF_RANGE]
+    errs.sort(key=lambda e: order.index(e[0]))
     return errs[0] if errs else None
 
 
@@ -986,13 +1137,21 @@ class CostModel:
       at a time in order: ``dma_setup`` cycles, then a word per cycle, loads after
       ``mem_latency``; a STORE_C starts reading only when the MATMULs issued before it are
       complete for CMEM (``L + done_extra`` cycles after their last beat);
-    * a MATMUL dispatches when every load issued before it has landed, the sequencer is free
-      (back-to-back MATMULs: one idle cycle) and, behind a MATMUL with dst AMEM/BBUF_*, the array
-      is idle; it issues ``⌈M/P⌉·tiles·max(K, L)`` beats; the array is busy until
+    * a MATMUL dispatches when every load issued before it but the last ``lag`` (its load lag,
+      ``ext_addr[7:0]``) has landed, the sequencer is free (back-to-back MATMULs: one idle
+      cycle), no row operation runs and, behind a MATMUL with dst AMEM/BBUF_*, the array is
+      idle; it issues ``⌈M/P⌉·tiles·max(K, L)`` beats; the array is busy until
       ``L + busy_extra`` cycles after the last beat (ARRAY_CYCLES counts those cycles);
-    * SYNC and HALT wait for the DMA and the array to be idle.
+    * a row operation (SOFTMAX, LAYERNORM, RADD) starts when the loads allow (its lag), the array
+      is idle and the previous row operation has finished, and takes the row unit's documented
+      time (hw/rowunit.py): ``⌈rows/P⌉·max(n·k, DONE + 1)`` plus its pipeline, with n passes
+      (SOFTMAX 2, with NORM 3; LAYERNORM 2; RADD 1) and DONE the per-row job (:meth:`row_cycles`);
+      a STORE_C also waits for it;
+    * SYNC and HALT wait for the DMA, the array and the row unit to be idle.
 
-    Not modelled: STALL_WB holds (dst BBUF_* with small K), LOAD_A rows that start off a
+    ``timeline``: a list that receives ``(start, end)`` per executed instruction (a load: its
+    dispatch and its landing; a MATMUL: accepted and array idle; a row operation: start and
+    end). Not modelled: STALL_WB holds (dst BBUF_* with small K), LOAD_A rows that start off a
     multiple of L (two AMEM writes per word), ext-memory back-pressure. An estimate for the
     golden backend and for choosing program shapes, not a measurement
     (``benchmarks/matmul.py`` compares it with the RTL's counters)."""
@@ -1007,17 +1166,40 @@ class CostModel:
     done_extra: int = PE.MAC_LATENCY + 2 + PE.D_WRITE
     busy_extra: int = PE.MAC_LATENCY + 2 + PE.D_Y
     queue_depth: int = 4
+    # row unit (hw/rowunit.py): per-row job latency, pipeline after the last element
+    row_done: tuple = (("LAYERNORM", 54), ("NORM", 50), ("SOFTMAX", 62))
+    row_pipe: int = 27
 
-    def run(self, program, cfg, prog_len=None, events=None):
+    def row_cycles(self, i, cfg):
+        """Cycles of a row operation from start to its last write."""
+        op = Op(i["op"])
+        rows = _ceil(i["rows"], cfg.pes)
+        k = i["k"]
+        done = dict(self.row_done)
+        if op == Op.RADD:
+            return rows * k + self.row_pipe
+        if op == Op.LAYERNORM:
+            d = done["LAYERNORM"]
+            return rows * max(2 * k, d + 1) + self.row_pipe + max(0, d + 1 - 2 * k)
+        if i["flags"] & Flag.NORM:
+            d = done["NORM"]
+            return rows * max(3 * k, d + 1) + d + self.row_pipe + 1
+        d = done["SOFTMAX"]
+        return rows * max(2 * k, d + 1) + d + 1
+
+    def run(self, program, cfg, prog_len=None, events=None, timeline=None):
         """Counters for a program executed from start to HALT (no errors). ``events``: a list
-        to append ``(pc, what, cycle)`` to (DMA transfers ending, MATMULs accepted/done)."""
+        to append ``(pc, what, cycle)`` to (DMA transfers ending, MATMULs accepted/done);
+        ``timeline``: a list to append ``(start, end)`` to, one per instruction."""
         log = events.append if events is not None else (lambda e: None)
         P, L = cfg.pes, cfg.lanes
         lat = self.mem_latency
         n = len(program) if prog_len is None else prog_len
         words = n * cfg.words_per_instr
         dma_end = 1 + self.dma_setup + (self.load_tail + words + lat if words else 0)
-        load_end = dma_end           # the last load has landed (loads_idle from then on)
+        load_ends = []               # when each load issued so far lands
+        row_end = 0                  # the row unit is idle from this cycle on
+        span = timeline.append if timeline is not None else (lambda e: None)
         starts = []                  # when each queued transfer left the queue
         stall_dma = dma_end
         t = dma_end + self.issue     # the current instruction is dispatched from cycle t on
@@ -1030,7 +1212,7 @@ class CostModel:
         for i in program.instrs:
             op = i["op"]
             instret += 1
-            if op in (Op.LOAD_A, Op.LOAD_B, Op.LOAD_P, Op.STORE_C):
+            if op in LOAD_OPS or op == Op.STORE_C:
                 if len(starts) >= self.queue_depth and starts[-self.queue_depth] > t:
                     stall_dma += starts[-self.queue_depth] - t
                     t = starts[-self.queue_depth]           # queue full
@@ -1038,7 +1220,7 @@ class CostModel:
                 starts.append(start)
                 if op == Op.STORE_C:
                     w = i["rows"] * i["tiles"] * C_TILE_WORDS
-                    ready = done[-1] if done else 0        # every MATMUL issued before it
+                    ready = max(done[-1] if done else 0, row_end)   # the MATMULs before it
                     dma_end = max(start + self.store_setup, ready) + w + self.store_tail
                     log((instret - 1, "STORE_C end", dma_end))
                 else:
@@ -1046,15 +1228,22 @@ class CostModel:
                         w = i["rows"] * _ceil(i["k"], L) if i["k"] else 0
                     elif op == Op.LOAD_B:
                         w = i["count"]
-                    else:
+                    elif op == Op.LOAD_P:
                         w = i["count"] * PBUF_TILE_WORDS
+                    elif op == Op.LOAD_C:
+                        w = i["rows"] * i["tiles"] * C_TILE_WORDS
+                    else:
+                        w = _ceil(i["count"], L // 2)
                     dma_end = start + self.dma_setup + (self.load_tail + w + lat if w else 0)
-                    load_end = dma_end
+                    load_ends.append(dma_end)
                     log((instret - 1, f"{Op(op).name} end", dma_end))
+                span((t, dma_end))
                 t += self.issue
             elif op == Op.MATMUL:
-                ok = max(t, load_end, busy_end if prev_local else 0)
-                stall_dma += max(0, load_end - t)
+                lag = lag_of(i)
+                need = load_ends[-lag - 1] if len(load_ends) > lag else 0
+                ok = max(t, need, busy_end if prev_local else 0, row_end)
+                stall_dma += max(0, need - t)
                 accept = max(ok + 1, array_free)
                 tile = max(i["k"], L)
                 ntiles = _ceil(i["rows"], P) * i["tiles"]
@@ -1076,15 +1265,27 @@ class CostModel:
                 array_cycles += max(0, end - max(accept + 1, busy_end))
                 busy_end = max(busy_end, end)
                 prev_local = i["dst"] != Dst.CMEM
+                span((accept, end))
                 t = accept + self.issue
+            elif op in ROW_OPS:
+                lag = lag_of(i)
+                need = load_ends[-lag - 1] if len(load_ends) > lag else 0
+                stall_dma += max(0, need - t)
+                start = max(t, need, busy_end, row_end) + 1
+                row_end = start + self.row_cycles(i, cfg)
+                log((instret - 1, f"{Op(op).name} done", row_end))
+                span((start, row_end))
+                t = start + self.issue
             elif op in (Op.SYNC, Op.HALT):
                 stall_dma += max(0, dma_end - t)
-                go = max(t, dma_end, busy_end)
+                go = max(t, dma_end, busy_end, row_end)
+                span((go, go))
                 if op == Op.HALT:
                     t = go + 1
                     break
                 t = go + self.issue
             else:
+                span((t, t))
                 t += self.issue
         return {"CYCLES": t, "MAC_CYCLES": mac, "STALL_DMA": stall_dma, "STALL_WB": 0,
                 "INSTRET": instret, "ARRAY_CYCLES": array_cycles}
@@ -1104,6 +1305,15 @@ class _Machine:
         self.p_bias = np.zeros((cfg.pbuf_depth, L), dtype=np.int64)
         self.p_m = np.zeros((cfg.pbuf_depth, L), dtype=np.int64)
         self.p_sh = np.zeros((cfg.pbuf_depth, L), dtype=np.int64)
+        self.rs_m = np.zeros((P, RS_ENTRIES), dtype=np.int64)     # row scales (SOFTMAX → RSCALE)
+        self.rs_sh = np.zeros((P, RS_ENTRIES), dtype=np.int64)
+        self.table = np.zeros(TABLE_ENTRIES, dtype=np.int64)     # activation tables (LOAD_T)
+
+    def handlers(self):
+        return {Op.LOAD_A: self.load_a, Op.LOAD_B: self.load_b, Op.LOAD_P: self.load_p,
+                Op.STORE_C: self.store_c, Op.MATMUL: self.matmul, Op.LOAD_C: self.load_c,
+                Op.LOAD_T: self.load_t, Op.SOFTMAX: self.softmax, Op.LAYERNORM: self.layernorm,
+                Op.RADD: self.radd}
 
     def ext_read(self, addr, count, pc):
         if addr + count > len(self.ext):
@@ -1156,60 +1366,154 @@ class _Machine:
             out[n] = wrap32(self.cmem[n % P, base:base + tiles * L])
         self.ext_write(i["ext_addr"], out.view(np.uint8).reshape(-1, L), pc)
 
+    def _local(self, rows, p):
+        """Local rows of PE ``p`` that hold a row ``n < rows``."""
+        P = self.cfg.pes
+        local = np.arange(_ceil(rows, P))
+        return local[local * P + p < rows]
+
+    def load_c(self, i, pc):
+        P, L = self.cfg.pes, self.cfg.lanes
+        rows, tiles = i["rows"], i["tiles"]
+        if not rows or not tiles:
+            return
+        raw = np.ascontiguousarray(self.ext_read(i["ext_addr"], rows * tiles * C_TILE_WORDS, pc))
+        vals = raw.reshape(-1).view("<i4").reshape(rows, tiles * L).astype(np.int64)
+        for n in range(rows):
+            base = i["out_base"] + (n // P) * i["out_stride"]
+            self.cmem[n % P, base:base + tiles * L] = vals[n]
+
+    def load_t(self, i, pc):
+        cnt, L = i["count"], self.cfg.lanes
+        if not cnt:
+            return
+        per = L // 2
+        raw = np.ascontiguousarray(self.ext_read(i["ext_addr"], _ceil(cnt, per), pc))
+        vals = raw.reshape(-1).view("<i2")[:cnt]
+        self.table[i["a_base"]:i["a_base"] + cnt] = _wrap(vals, AMEM_BITS)
+
     def matmul(self, i, pc):
         P, L = self.cfg.pes, self.cfg.lanes
         M, K, T = i["rows"], i["k"], i["tiles"]
-        dst, flags, sat = Dst(i["dst"]), Flag(i["flags"]), Sat(i["sat"])
+        dst, flags, sat = Dst(i["dst"]), int(i["flags"]), Sat(i["sat"])
         b = self.bbuf[i["b_base"]:i["b_base"] + T * K].reshape(T, K, L).transpose(1, 0, 2) \
             .reshape(K, T * L)
-        pt = slice(i["p_base"], i["p_base"] + T)
-        needs_p = bool(flags & Flag.BIAS) or dst != Dst.CMEM
-        if needs_p:
-            bias, mm, ss = (x[pt].reshape(T * L) for x in (self.p_bias, self.p_m, self.p_sh))
-        lo, hi = SAT_RANGE[sat]
         N = i["count"] or T * L
         cols = np.arange(N)
         b = b[:, :N]
-        if needs_p:
-            bias, mm, ss = bias[:N], mm[:N], ss[:N]
+        if flags & (Flag.BIAS | Flag.REQ) or dst != Dst.CMEM:     # PBUF is read (and checked)
+            pt = slice(i["p_base"], i["p_base"] + T)
+            bias, mm, ss = (x[pt].reshape(T * L)[:N] for x in (self.p_bias, self.p_m, self.p_sh))
+        lo, hi = SAT_RANGE[sat]
         results = []
         for p in range(P):
-            local = np.arange(_ceil(M, P))
-            local = local[local * P + p < M]
+            local = self._local(M, p)
             if not local.size:
                 continue
-            a_idx = i["a_base"] + local[:, None] * i["a_stride"] + np.arange(K)[None, :]
-            a = self.amem[p][a_idx]
+            a = self.amem[p][i["a_base"] + local[:, None] * i["a_stride"] + np.arange(K)[None, :]]
             o_idx = i["out_base"] + local[:, None] * i["out_stride"] + cols[None, :]
             if flags & Flag.ACCUM:
-                c0 = self.cmem[p][o_idx]
+                c0 = self.cmem[p][o_idx]          # dst AMEM too: CMEM at the same address
             elif flags & Flag.BIAS:
                 c0 = np.broadcast_to(bias, (len(local), N))
             else:
                 c0 = None
-            acc = golden_matmul(a, b, c0)
-            results.append((p, local, acc))
+            s = golden_matmul(a, b, c0)
+            if flags & Flag.RSCALE:
+                s = wrap32(rshift_round(s * self.rs_m[p, local][:, None],
+                                        self.rs_sh[p, local][:, None]))
+            results.append((p, local, s))
         # write back after every read (a MATMUL's sources are read before any result lands)
-        for p, local, acc in results:
-            if dst == Dst.CMEM:
-                o_idx = i["out_base"] + local[:, None] * i["out_stride"] + cols[None, :]
-                self.cmem[p][o_idx] = acc
+        for p, local, s in results:
+            o_idx = i["out_base"] + local[:, None] * i["out_stride"] + cols[None, :]
+            if dst == Dst.CMEM and not flags & Flag.REQ:
+                self.cmem[p][o_idx] = s
                 continue
-            y = golden_requant(acc, mm, ss, lo, hi)
+            y = golden_requant(s, mm, ss, lo, hi)
             if flags & Flag.RELU:
                 y = np.maximum(y, 0)
+            if flags & Flag.ACT:
+                y = self.table[256 * (i["imm"] & 1) + y + 128]
             n = local * P + p
-            if dst == Dst.AMEM:
-                o_idx = i["out_base"] + local[:, None] * i["out_stride"] + cols[None, :]
+            if dst == Dst.CMEM:
+                self.cmem[p][o_idx] = y
+            elif dst == Dst.AMEM:
                 self.amem[p][o_idx] = _wrap(y, AMEM_BITS)
             elif dst == Dst.BBUF_ROWS:
-                y8 = _wrap(y, BBUF_BITS)
                 words = i["out_base"] + (cols // L)[None, :] * i["out_stride"] + n[:, None]
-                self.bbuf[words, (cols % L)[None, :]] = y8
+                self.bbuf[words, (cols % L)[None, :]] = _wrap(y, BBUF_BITS)
             else:  # BBUF_T
-                y8 = _wrap(y, BBUF_BITS)
                 words = i["out_base"] + (n // L)[:, None] * i["out_stride"] + cols[None, :]
-                self.bbuf[words, (n % L)[:, None]] = y8
+                self.bbuf[words, (n % L)[:, None]] = _wrap(y, BBUF_BITS)
+
+    def _row_io(self, i):
+        """Per PE: (p, local rows, source index matrix, destination index matrix)."""
+        k = i["k"]
+        j = np.arange(k)[None, :]
+        for p in range(self.cfg.pes):
+            local = self._local(i["rows"], p)
+            if local.size:
+                yield (p, local, i["a_base"] + local[:, None] * i["a_stride"] + j,
+                       i["out_base"] + local[:, None] * i["out_stride"] + j)
+
+    def _row_write(self, i, p, o_idx, y):
+        if i["dst"] == Dst.AMEM:
+            self.amem[p][o_idx] = _wrap(y, AMEM_BITS)
+        else:
+            self.cmem[p][o_idx] = wrap32(y)
+
+    def _row_params(self, i):
+        L, k = self.cfg.lanes, i["k"]
+        t = _ceil(k, L)
+        sl = slice(i["p_base"], i["p_base"] + t)
+        return tuple(x[sl].reshape(t * L)[:k] for x in (self.p_bias, self.p_m, self.p_sh))
+
+    def softmax(self, i, pc):
+        c_e, sh_e = i["imm"] & 0xFFFF, (i["imm"] >> 16) & 0x3F
+        outs = []
+        for p, local, s_idx, o_idx in self._row_io(i):
+            s = wrap32(self.cmem[p][s_idx])
+            if i["flags"] & Flag.NORM:
+                y = golden_softmax(s, c_e, sh_e)
+            else:
+                y = golden_exp_weights(s, c_e, sh_e)
+                r = golden_divide(np.full(len(local), 1 << 32), y.sum(axis=-1))
+                self.rs_m[p, local], self.rs_sh[p, local] = mantissa15(r, 24)
+            outs.append((p, o_idx, y))
+        for p, o_idx, y in outs:
+            self._row_write(i, p, o_idx, y)
+
+    def layernorm(self, i, pc):
+        k = i["k"]
+        r_d, E = i["imm"] & ((1 << 25) - 1), i["count"] + (i["tiles"] << 32)
+        B, G, sh = self._row_params(i)
+        lo, hi = SAT_RANGE[Sat(i["sat"])]
+        outs = []
+        for p, local, s_idx, o_idx in self._row_io(i):
+            h = _wrap(self.cmem[p][s_idx], 16)                      # the low 16 bits, int16
+            total = h.sum(axis=-1)
+            sq = (h * h).sum(axis=-1)
+            mu = rshift_round(total * r_d, 24)
+            v = sq - 2 * mu * total + k * mu * mu + E               # = Σ(h − μ)² + E
+            R, pexp = golden_rsqrt(v)
+            c = h - mu[:, None]
+            n = clip(rshift_round(c * R[:, None], 7 + pexp[:, None]), *INT16)
+            y = clip(rshift_round(n * G[None, :] + B[None, :], sh[None, :]), lo, hi)
+            outs.append((p, o_idx, y))
+        for p, o_idx, y in outs:
+            self._row_write(i, p, o_idx, y)
+
+    def radd(self, i, pc):
+        k, stride = i["k"], i["imm"] & 0xFFFF
+        _, m, sh = self._row_params(i)
+        lo, hi = SAT_RANGE[Sat(i["sat"])]
+        outs = []
+        for p, local, s_idx, o_idx in self._row_io(i):
+            x = self.amem[p][i["b_base"] + local[:, None] * stride + np.arange(k)[None, :]]
+            y = golden_add(wrap32(self.cmem[p][s_idx]), x, m, sh, lo, hi)
+            outs.append((p, o_idx, y))
+        for p, o_idx, y in outs:
+            self._row_write(i, p, o_idx, y)
 
 
 def _wrap(x, bits):
@@ -1218,13 +1522,19 @@ def _wrap(x, bits):
     return ((x + half) & ((1 << bits) - 1)) - half
 
 
-def interpret(image, prog_base, prog_len, config, *, cost=None):
+def interpret(image, prog_base, prog_len, config, *, cost=None, load_order="program"):
     """Execute a program against an ext-memory image, as the hardware does, sequentially.
 
     Returns ``(ext, counters)``: the final ext memory (uint8 ``(words, L)``, a copy) and the
     counters CYCLES, MAC_CYCLES, STALL_DMA, STALL_WB, INSTRET, ARRAY_CYCLES (from
-    :class:`CostModel`), STATUS and PC. Raises :class:`AcceleratorError` with the code and PC where the hardware would set
-    STATUS.error, :class:`SimulationError` for an ext access outside the image.
+    :class:`CostModel`), STATUS and PC. Raises :class:`AcceleratorError` with the code and PC
+    where the hardware would set STATUS.error, :class:`SimulationError` for an ext access
+    outside the image.
+
+    ``load_order`` (a test of a program's ordering, not of the hardware): ``"program"`` executes
+    every instruction in program order; ``"late"`` defers each LOAD until the first instruction
+    that must wait for it (its load lag, SYNC, HALT) — a program whose results change is missing
+    a dependency in its load lags.
     """
     cfg = config
     mach = _Machine(image, cfg)
@@ -1235,8 +1545,14 @@ def interpret(image, prog_base, prog_len, config, *, cost=None):
     program = Program.from_words(raw)
     pc = 0
     executed = Program()
-    handlers = {Op.LOAD_A: mach.load_a, Op.LOAD_B: mach.load_b, Op.LOAD_P: mach.load_p,
-                Op.STORE_C: mach.store_c, Op.MATMUL: mach.matmul}
+    handlers = mach.handlers()
+    pending = []                       # deferred loads (load_order="late"), oldest first
+
+    def drain(keep):
+        while len(pending) > keep:
+            j, jpc = pending.pop(0)
+            handlers[Op(j["op"])](j, jpc)
+
     while True:
         if pc >= prog_len:
             raise AcceleratorError(ErrorCode.PROGRAM_RANGE, pc, "the PC ran past the program "
@@ -1247,15 +1563,81 @@ def interpret(image, prog_base, prog_len, config, *, cost=None):
             raise AcceleratorError(err[0], pc, err[1], "golden")
         executed.instrs.append(i)
         op = Op(i["op"])
+        if op in (Op.HALT, Op.SYNC):
+            drain(0)
+        elif op == Op.STORE_C or (op == Op.MATMUL or op in ROW_OPS):
+            drain(lag_of(i) if op != Op.STORE_C else 0)
         if op == Op.HALT:
             break
-        if op in handlers:
+        if load_order == "late" and op in LOAD_OPS:
+            pending.append((i, pc))
+        elif op in handlers:
             handlers[op](i, pc)
         pc += 1
     counters = (cost or CostModel(mem_latency=cfg.mem_latency)).run(executed, cfg, prog_len)
     counters["STATUS"] = status_word(halted=True)
     counters["PC"] = pc
     return mach.ext, counters
+
+
+
+def accesses(i, cfg):
+    """``[(memory, lo, hi, write)]``: the address spans an instruction reads and writes.
+    Memories: ``"A"``/``"C"`` (per-PE AMEM/CMEM element addresses, the span of every PE),
+    ``"B"`` (BBUF words), ``"P"`` (PBUF tiles), ``"T"`` (table entries), ``"RS"`` (row scales)."""
+    P, L = cfg.pes, cfg.lanes
+    op = Op(i["op"])
+    R = _ceil(i["rows"], P)
+    out = []
+
+    def span(mem, base, stride, n_rows, width, write):
+        if n_rows and width:
+            out.append((mem, base, base + (n_rows - 1) * stride + width, write))
+
+    if op == Op.LOAD_A:
+        span("A", i["a_base"], i["a_stride"], R, i["k"], True)
+    elif op == Op.LOAD_B:
+        span("B", i["b_base"], 0, 1, i["count"], True)
+    elif op == Op.LOAD_P:
+        span("P", i["p_base"], 0, 1, i["count"], True)
+    elif op == Op.LOAD_C:
+        span("C", i["out_base"], i["out_stride"], R, i["tiles"] * L, True)
+    elif op == Op.LOAD_T:
+        span("T", i["a_base"], 0, 1, i["count"], True)
+    elif op == Op.STORE_C:
+        span("C", i["out_base"], i["out_stride"], R, i["tiles"] * L, False)
+    elif op == Op.MATMUL:
+        M, K, T, dst, flags = i["rows"], i["k"], i["tiles"], i["dst"], i["flags"]
+        N = i["count"] or T * L
+        span("A", i["a_base"], i["a_stride"], R, K, False)
+        span("B", i["b_base"], 0, 1, T * K, False)
+        if flags & (Flag.BIAS | Flag.REQ) or dst != Dst.CMEM:
+            span("P", i["p_base"], 0, 1, T, False)
+        if flags & Flag.ACCUM:
+            span("C", i["out_base"], i["out_stride"], R, N, False)
+        if flags & Flag.RSCALE:
+            span("RS", 0, 0, 1, R, False)
+        if flags & Flag.ACT:
+            span("T", 256 * (i["imm"] & 1), 0, 1, 256, False)
+        if dst == Dst.CMEM:
+            span("C", i["out_base"], i["out_stride"], R, N, True)
+        elif dst == Dst.AMEM:
+            span("A", i["out_base"], i["out_stride"], R, N, True)
+        elif dst == Dst.BBUF_ROWS:
+            span("B", i["out_base"], i["out_stride"], T, M, True)
+        else:
+            span("B", i["out_base"], i["out_stride"], _ceil(M, L), N, True)
+    elif op in ROW_OPS:
+        k = i["k"]
+        span("C", i["a_base"], i["a_stride"], R, k, False)
+        if op == Op.RADD:
+            span("A", i["b_base"], i["imm"] & 0xFFFF, R, k, False)
+        if op != Op.SOFTMAX:
+            span("P", i["p_base"], 0, 1, _ceil(k, L), False)
+        elif not i["flags"] & Flag.NORM:
+            span("RS", 0, 0, 1, R, True)
+        span("C" if i["dst"] == Dst.CMEM else "A", i["out_base"], i["out_stride"], R, k, True)
+    return out
 
 
 __all__ += ["chain_reference", "static_check", "SimulationError"]

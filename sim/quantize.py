@@ -15,7 +15,8 @@ from .golden.requant import encode_multiplier
 from .kwt_float import KwtFloatWeights, kwt_forward
 from .qmodel import QKwt, QLayer
 
-__all__ = ["calibrate", "quantize_kwt"]
+__all__ = ["calibrate", "update_amax", "quantize_kwt", "quantize_layer", "quantize_attention",
+           "quantize_ffn"]
 
 INT16_HEADROOM = 2.0
 
@@ -28,12 +29,18 @@ def calibrate(weights, mfcc_batches):
         trace = {}
         kwt_forward(weights, mfcc, trace)
         trace["mfcc"] = mfcc
-        for k, v in trace.items():
-            v = np.abs(np.asarray(v, dtype=np.float64))
-            m = v.reshape(-1, v.shape[-1]).max(axis=0)
-            amax[k] = np.maximum(amax[k], m) if k in amax else m
+        update_amax(amax, trace)
     if not amax:
         raise ValueError("calibration needs at least one MFCC batch")
+    return amax
+
+
+def update_amax(amax, trace):
+    """Fold a trace (name → float array) into the per-column maxima ``amax`` (in place)."""
+    for k, v in trace.items():
+        v = np.abs(np.asarray(v, dtype=np.float64))
+        m = v.reshape(-1, v.shape[-1]).max(axis=0)
+        amax[k] = np.maximum(amax[k], m) if k in amax else m
     return amax
 
 
@@ -70,6 +77,69 @@ def _scale16(*a):
     return INT16_HEADROOM * max(max(float(np.max(x)) for x in a), 1e-12) / 32767.0
 
 
+def quantize_attention(lw, amax, p, s_x, *, attn_scale, s_o):
+    """The attention block of a layer: q, k, v projections, attention and Wo (requantized to
+    int16 at ``s_o``), for an input with per-column scale ``s_x``. ``lw`` has wq, wk, wv, wo, bo
+    (float, [out, in]); ``amax`` the calibration maxima under the prefix ``p``. Returns the
+    :class:`QLayer` fields and the scales."""
+    dim = lw.wq.shape[0]
+    # q and k are reduced against each other in q·kᵀ: per-tensor; v per column.
+    # q (an A operand) is int9, k and v (B operands) int8; α balances q against k per column.
+    alpha = _qk_balance(amax[p + "q"], amax[p + "k"])
+    s_q, s_k = _scale8(amax[p + "q"] * alpha, 255.0), _scale8(amax[p + "k"] / alpha)
+    s_v = _col8(amax[p + "v"])
+    # The input's per-column scale folds into the weights' input columns (exact).
+    wq = lw.wq * attn_scale * alpha[:, None]
+    wqkv8, s_wqkv = _w8(np.concatenate([wq, lw.wk / alpha[:, None], lw.wv]) * s_x[None, :])
+    s_out = np.concatenate([np.full(dim, s_q), np.full(dim, s_k), s_v])
+    m_qkv, sh_qkv = encode_multiplier(s_wqkv / s_out)
+    c_e, sh_e = softmax_constants(s_q * s_k)
+    s_a = _col8(amax[p + "attn"], 255.0)
+    m_a, sh_a = encode_multiplier(s_v / 256.0 / s_a)
+    wo8, s_wo = _w8(lw.wo * s_a[None, :])
+    bo = _bias32(lw.bo, s_wo)
+    m_o, sh_o = encode_multiplier(s_wo / s_o)
+    fields = dict(wqkv=wqkv8, m_qkv=m_qkv, sh_qkv=sh_qkv, c_e=c_e, sh_e=sh_e, m_a=m_a, sh_a=sh_a,
+                  wo=wo8, bo=bo, m_o=m_o, sh_o=sh_o)
+    return fields, {p + "q": s_q, p + "k": s_k, p + "v": s_v.tolist(), p + "attn": s_a.tolist()}
+
+
+def quantize_ffn(lw, amax, p, s_x1, *, s_out):
+    """The feed-forward block: W1 + bias → int8 → GELU table (int9) → W2 + bias → int16 at
+    ``s_out``, for an input with per-column scale ``s_x1``; ``lw`` has w1, b1, w2, b2."""
+    s_f = _scale8(amax[p + "ff1"])
+    w18, s_w1 = _w8(lw.w1 * s_x1[None, :])
+    b1 = _bias32(lw.b1, s_w1)
+    m_1, sh_1 = encode_multiplier(s_w1 / s_f)
+    s_g = max(float(np.max(amax[p + "gelu"])), 1e-12) / 255.0
+    lut = gelu_lut(s_f, s_g)
+    w28, s_w2 = _w8(lw.w2)
+    b2 = _bias32(lw.b2, s_g * s_w2)
+    m_2, sh_2 = encode_multiplier(s_g * s_w2 / s_out)
+    fields = dict(w1=w18, b1=b1, m_1=m_1, sh_1=sh_1, gelu=lut, w2=w28, b2=b2, m_2=m_2, sh_2=sh_2)
+    return fields, {p + "ff1": s_f, p + "gelu": s_g}
+
+
+def quantize_layer(lw, amax, p, s_x, *, attn_scale, eps):
+    """One post-norm encoder layer (:class:`LayerWeights` ``lw``) whose input has per-column
+    scale ``s_x``: returns ``(QLayer, scales, s_x2)`` (``s_x2``: the output's column scales)."""
+    s_h1 = _scale16(amax[p + "h1"], amax[p + "o"])
+    att, scales = quantize_attention(lw, amax, p, s_x, attn_scale=attn_scale, s_o=s_h1)
+    m_r1, sh_r1 = encode_multiplier(s_x / s_h1)
+    s_x1 = _col8(amax[p + "x1"], 255.0)
+    ln1 = layernorm_constants(lw.ln1_g, lw.ln1_b, s_h1, s_x1, eps)
+    s_h2 = _scale16(amax[p + "h2"], amax[p + "ff2"])
+    ffn, sc = quantize_ffn(lw, amax, p, s_x1, s_out=s_h2)
+    m_r2, sh_r2 = encode_multiplier(s_x1 / s_h2)
+    s_x2 = _col8(amax[p + "x2"], 255.0)
+    ln2 = layernorm_constants(lw.ln2_g, lw.ln2_b, s_h2, s_x2, eps)
+    layer = QLayer(**att, m_r1=m_r1, sh_r1=sh_r1, ln1=ln1, **ffn, m_r2=m_r2, sh_r2=sh_r2, ln2=ln2)
+    scales.update(sc)
+    scales.update({p + "h1": s_h1, p + "x1": s_x1.tolist(), p + "h2": s_h2,
+                   p + "x2": s_x2.tolist()})
+    return layer, scales, s_x2
+
+
 def quantize_kwt(weights: KwtFloatWeights, amax: dict, labels=None) -> QKwt:
     """Build the integer model from float ``weights`` and calibration maxima ``amax``."""
     dim, heads = weights.dim, weights.heads
@@ -87,49 +157,10 @@ def quantize_kwt(weights: KwtFloatWeights, amax: dict, labels=None) -> QKwt:
 
     layers = []
     for i, lw in enumerate(weights.layers):
-        p = f"l{i}."
-        # q and k are reduced against each other in q·kᵀ: per-tensor; v per column.
-        # q (an A operand) is int9, k and v (B operands) int8; α balances q against k per column.
-        alpha = _qk_balance(amax[p + "q"], amax[p + "k"])
-        s_q, s_k = _scale8(amax[p + "q"] * alpha, 255.0), _scale8(amax[p + "k"] / alpha)
-        s_v = _col8(amax[p + "v"])
-        # The input's per-column scale folds into the weights' input columns (exact).
-        wq = lw.wq * weights.attn_scale * alpha[:, None]
-        wqkv8, s_wqkv = _w8(np.concatenate([wq, lw.wk / alpha[:, None], lw.wv]) * s_x[None, :])
-        s_out = np.concatenate([np.full(dim, s_q), np.full(dim, s_k), s_v])
-        m_qkv, sh_qkv = encode_multiplier(s_wqkv / s_out)
-        c_e, sh_e = softmax_constants(s_q * s_k)
-        s_a = _col8(amax[p + "attn"], 255.0)
-        m_a, sh_a = encode_multiplier(s_v / 256.0 / s_a)
-        s_h1 = _scale16(amax[p + "h1"], amax[p + "o"])
-        wo8, s_wo = _w8(lw.wo * s_a[None, :])
-        bo = _bias32(lw.bo, s_wo)
-        m_o, sh_o = encode_multiplier(s_wo / s_h1)
-        m_r1, sh_r1 = encode_multiplier(s_x / s_h1)
-        s_x1 = _col8(amax[p + "x1"], 255.0)
-        ln1 = layernorm_constants(lw.ln1_g, lw.ln1_b, s_h1, s_x1, weights.eps)
-        s_f = _scale8(amax[p + "ff1"])
-        w18, s_w1 = _w8(lw.w1 * s_x1[None, :])
-        b1 = _bias32(lw.b1, s_w1)
-        m_1, sh_1 = encode_multiplier(s_w1 / s_f)
-        s_g = max(float(np.max(amax[p + "gelu"])), 1e-12) / 255.0
-        lut = gelu_lut(s_f, s_g)
-        s_h2 = _scale16(amax[p + "h2"], amax[p + "ff2"])
-        w28, s_w2 = _w8(lw.w2)
-        b2 = _bias32(lw.b2, s_g * s_w2)
-        m_2, sh_2 = encode_multiplier(s_g * s_w2 / s_h2)
-        m_r2, sh_r2 = encode_multiplier(s_x1 / s_h2)
-        s_x2 = _col8(amax[p + "x2"], 255.0)
-        ln2 = layernorm_constants(lw.ln2_g, lw.ln2_b, s_h2, s_x2, weights.eps)
-        layers.append(QLayer(
-            wqkv=wqkv8, m_qkv=m_qkv, sh_qkv=sh_qkv, c_e=c_e, sh_e=sh_e, m_a=m_a, sh_a=sh_a,
-            wo=wo8, bo=bo, m_o=m_o, sh_o=sh_o, m_r1=m_r1, sh_r1=sh_r1, ln1=ln1,
-            w1=w18, b1=b1, m_1=m_1, sh_1=sh_1, gelu=lut, w2=w28, b2=b2, m_2=m_2, sh_2=sh_2,
-            m_r2=m_r2, sh_r2=sh_r2, ln2=ln2))
-        scales.update({p + "q": s_q, p + "k": s_k, p + "v": s_v.tolist(), p + "attn": s_a.tolist(),
-                       p + "h1": s_h1, p + "x1": s_x1.tolist(), p + "ff1": s_f, p + "gelu": s_g,
-                       p + "h2": s_h2, p + "x2": s_x2.tolist()})
-        s_x = s_x2
+        layer, sc, s_x = quantize_layer(lw, amax, f"l{i}.", s_x, attn_scale=weights.attn_scale,
+                                        eps=weights.eps)
+        layers.append(layer)
+        scales.update(sc)
 
     hw8, s_hw = _w8(weights.head_w * s_x[None, :])
     s_logit = _scale16(amax["logits"])

@@ -9,9 +9,25 @@ values fit int8), bias int32 of N. M, K, N need not be multiples of P or L. ``--
 backend the cycles come from the cost model. ``--waves`` writes an FST (verilator) or VCD
 (amaranth) file, by default ``build/waves/matmul_<backend>.{fst,vcd}``.
 
+Transformer operations (sim/ops.py quantizes the float inputs with the helpers of
+sim/quantize.py, calibrated on the inputs themselves; sim/compiler.py builds the program)::
+
+    python -m sim.run {softmax,layernorm,attention,mhsa,ffn,encoder} --backend B --pes P \
+        [--lanes L] --inputs IN.npz --out OUT.npz [--stats stats.json]
+
+``IN.npz`` holds float arrays: softmax ``x`` [``scale``]; layernorm ``x``, ``gamma``, ``beta``
+[``eps``]; attention ``q``, ``k``, ``v`` [``scale``]; mhsa ``x``, ``wq``, ``wk``, ``wv``, ``wo``
+[``bo``, ``heads``, ``scale``]; ffn ``x``, ``w1``, ``w2`` [``b1``, ``b2``]; encoder the mhsa
+keys plus ``gamma1``, ``beta1``, ``w1``, ``w2``, ``gamma2``, ``beta2`` [``b1``, ``b2``, ``eps``]
+(weights ``[out, in]``; docs/compiler.md). ``OUT.npz`` gets ``y`` (dequantized), ``y_int``
+(the accelerator's integers), ``scale`` (per column, ``y = y_int·scale``) and ``reference``
+(the float64 operation). ``--stats``: cycles, mac_ops, utilization, the counters, whether the
+result is bit-exact with the golden model and its error against float. ``golden`` runs the
+program on the ISA interpreter (cycles from the cost model). A result that differs from the
+golden model is written, then reported with exit 1.
+
 Outputs are written whole or not at all. Bad input prints one ``error:`` line and exits 2; an
 accelerator error (STATUS.error) or a simulation failure prints one ``error:`` line and exits 1.
-Further operations (softmax, layernorm, attention, encoder…) are subcommands of the same tool.
 """
 import argparse
 import json
@@ -156,6 +172,18 @@ def cmd_matmul(args):
         print(f"waves: {res.info.get('trace') or backend.vcd}")
 
 
+def cmd_op(args):
+    from .ops import cmd_op as run_op
+    cfg = _config(args)
+    backend = _backend(args, args.cmd)
+    stats = run_op(args, cfg, None if args.backend == "golden" else backend)
+    if args.waves is not None:
+        print(f"waves: {getattr(backend, 'trace', None) or getattr(backend, 'vcd', None)}")
+    if not stats["bit_exact_vs_golden"]:
+        raise SimulationError(f"{args.cmd} on {args.backend}: the result differs from the golden "
+                              f"model (outputs written to {args.out})")
+
+
 def _positive(text):
     try:
         v = int(text, 0)
@@ -193,8 +221,15 @@ def main(argv=None):
     mm.add_argument("--b", required=True, help="B, int8 K×N (.npy)")
     mm.add_argument("--bias", default=None, help="bias, int32 N (.npy), optional")
     mm.add_argument("--out", required=True, help="C, int32 M×N (.npy)")
+    from .ops import OP_HELP, OPS, inputs_help
+    for op in OPS:
+        sp = sub.add_parser(op, parents=[common], help=OP_HELP[op],
+                            description=f"{OP_HELP[op]}. Inputs: {inputs_help(op)}.")
+        sp.add_argument("--inputs", required=True, help=inputs_help(op))
+        sp.add_argument("--out", required=True,
+                        help="output .npz: y (dequantized), y_int, scale, reference")
     args = ap.parse_args(argv)
-    commands = {"matmul": cmd_matmul}
+    commands = {"matmul": cmd_matmul, **{op: cmd_op for op in OPS}}
     try:
         commands[args.cmd](args)
     except (AcceleratorError, SimulationError) as e:

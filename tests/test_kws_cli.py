@@ -77,3 +77,38 @@ def test_unknown_label_folder(tmp_path):
     shutil.copytree(shipped_clips_dir() / "yes", tmp_path / "maybe")
     res = run_cli("eval", tmp_path)
     assert res.returncode == 2 and "maybe" in res.stderr
+
+
+def test_predict_interp_matches_golden_with_figures(capsys):
+    """The compiled program on the ISA interpreter gives the golden model's logits; both report
+    cycles, MACs, utilization and a per-layer breakdown that adds up to the cycles."""
+    main(["predict", str(CLIPS[1]), "--json"])
+    gold = json.loads(capsys.readouterr().out)[0]
+    main(["predict", str(CLIPS[1]), "--backend", "interp", "--json"])
+    out = json.loads(capsys.readouterr().out)[0]
+    assert out["logits_int"] == gold["logits_int"] and out["label"] == gold["label"]
+    for o in (gold, out):
+        assert {"file", "label", "logits", "cycles", "mac_ops", "mac_utilization",
+                "layer_cycles"} <= set(o)
+        assert o["cycles"] == sum(o["layer_cycles"].values()) > 0
+        assert list(o["layer_cycles"])[:2] == ["embed", "layer0"] and "head" in o["layer_cycles"]
+        assert 0 < o["mac_utilization"] < 1 and o["pes"] == 8 and o["lanes"] == 16
+    assert out["cycles_source"] == "cost model"
+    main(["predict", str(CLIPS[1]), "--backend", "interp", "--pes", "4"])
+    text = capsys.readouterr().out
+    assert "P=4 L=16" in text and "per layer" in text and "layer11" in text
+
+
+def test_eval_interp_summary(capsys):
+    main(["eval", str(shipped_clips_dir()), "--backend", "interp", "--limit", "2", "--json",
+          "--no-progress"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 2 and out["backend"] == "interp"
+    assert out["cycles_mean"] > 0 and 0 < out["mac_utilization_mean"] < 1
+    assert set(out["layer_cycles_mean"]) >= {"embed", "layer0", "head"}
+
+
+def test_accelerator_that_cannot_hold_the_model_is_a_clear_error():
+    res = run_cli("predict", CLIPS[0], "--backend", "interp", "--pes", "1")
+    assert res.returncode == 2 and res.stderr.startswith("error:") and "MEM needs" in res.stderr
+    assert "Traceback" not in res.stderr

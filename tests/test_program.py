@@ -308,7 +308,7 @@ def bad_program_cases(cfg):
         ("PBUF range", lambda s: s.raw(Op.LOAD_P, count=2, p_base=cfg.pbuf_depth - 1),
          ErrorCode.PBUF_RANGE, 1),
         ("MATMUL k = 0", lambda s: s.raw(Op.MATMUL, rows=1, k=0, tiles=1), ErrorCode.BAD_FIELD, 1),
-        ("ACCUM to AMEM", lambda s: s.raw(Op.MATMUL, rows=1, k=1, tiles=1, dst=Dst.AMEM,
+        ("ACCUM to BBUF", lambda s: s.raw(Op.MATMUL, rows=1, k=1, tiles=1, dst=Dst.BBUF_T,
                                           flags=Flag.ACCUM), ErrorCode.BAD_FIELD, 1),
         ("dst out of range", lambda s: s.raw(Op.MATMUL, rows=1, k=1, tiles=1, dst=7),
          ErrorCode.BAD_FIELD, 1),

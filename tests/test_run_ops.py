@@ -1,0 +1,112 @@
+"""``python -m sim.run {softmax,layernorm,attention,mhsa,ffn,encoder}``: float npz in, the
+compiled program on a backend, dequantized npz out — bit-exact with the golden model on the
+interpreter (and, with ``-m slow``, on amaranth at P×L = 2×4); bad input is one ``error:`` line and exit 2 (fixed seeds)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sim.backends import hardware_status
+from sim.ops import OPS, prepare
+from sim.program import AccelConfig
+from sim.run import main
+
+from .test_compiler import op_inputs
+
+import hw.isa
+
+HW_OK, HW_WHY = hardware_status()
+if HW_OK and not hasattr(hw.isa.Op, "SOFTMAX"):
+    HW_OK, HW_WHY = False, "hw.isa has no transformer instructions yet"
+
+
+def save_npz(path, arrays):
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_cli_op_round_trip(tmp_path, op, capsys):
+    arrays = op_inputs(np.random.default_rng(3))[op]
+    inp = save_npz(tmp_path / "in.npz", arrays)
+    out, stats = tmp_path / "out.npz", tmp_path / "stats.json"
+    main([op, "--backend", "golden", "--pes", "3", "--lanes", "8", "--inputs", inp,
+          "--out", str(out), "--stats", str(stats)])
+    ref = prepare(op, arrays, config=AccelConfig(pes=3, lanes=8))
+    with np.load(out) as z:
+        assert set(z.files) == {"y", "y_int", "scale", "reference"}
+        np.testing.assert_array_equal(z["y_int"], ref.golden)
+        np.testing.assert_allclose(z["y"], z["y_int"] * z["scale"])
+        np.testing.assert_allclose(z["reference"], ref.reference)
+    s = json.loads(stats.read_text())
+    assert s["bit_exact_vs_golden"] is True and s["rel_rms_vs_float"] < 0.05
+    assert s["cycles"] == s["counters"]["CYCLES"] > 0 and s["cycles_source"] == "cost model"
+    assert s["utilization"] == pytest.approx(s["mac_ops"] / (s["cycles"] * 3 * 8))
+    assert sum(s["section_cycles"].values()) == s["cycles"]
+    assert "bit-exact with the golden model: yes" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npz", "out.npz", "stats.json"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sim.run", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_cli_op_errors(tmp_path, capsys):
+    ok = save_npz(tmp_path / "ok.npz", op_inputs(np.random.default_rng(4))["layernorm"])
+    bad = save_npz(tmp_path / "bad.npz", dict(x=np.ones((3, 4)), gamma=np.ones(4)))
+    extra = save_npz(tmp_path / "extra.npz", dict(x=np.ones((3, 4)), gamma=np.ones(4),
+                                                  beta=np.ones(4), beta2=np.ones(4)))
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    base = ["layernorm", "--pes", "2", "--lanes", "4"]
+    for args, message in [
+        (base + ["--inputs", bad, "--out", tmp_path / "o.npz"], "lack 'beta'"),
+        (base + ["--inputs", extra, "--out", tmp_path / "o.npz"], "beta2"),
+        (base + ["--inputs", tmp_path / "none.npz", "--out", tmp_path / "o.npz"], "none.npz"),
+        (base + ["--inputs", tmp_path / "junk.npz", "--out", tmp_path / "o.npz"], "junk.npz"),
+        (base + ["--inputs", ok, "--out", tmp_path / "o.npy"], ".npz"),
+        (base + ["--inputs", ok, "--out", tmp_path / "nodir" / "o.npz"], "nodir"),
+        (base + ["--inputs", ok, "--out", tmp_path / "o.npz", "--waves"], "--waves"),
+        (["softmax", "--pes", "2", "--lanes", "4", "--inputs",
+          save_npz(tmp_path / "wide.npz", dict(x=np.ones((2, 2000)))), "--out",
+          tmp_path / "o.npz"], "row unit"),
+        (["encoder", "--pes", "1", "--lanes", "4", "--cmem-depth", "16", "--inputs",
+          save_npz(tmp_path / "enc.npz", op_inputs(np.random.default_rng(4))["encoder"]),
+          "--out", tmp_path / "o.npz"], "CMEM"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            main(list(map(str, args)))
+        err = capsys.readouterr().err
+        assert e.value.code == 2, (args, err)
+        assert err.startswith("error:") and message in err, err
+        assert len(err.splitlines()) == 1
+    assert not (tmp_path / "o.npz").exists()
+    res = run_cli(*base, "--inputs", bad, "--out", tmp_path / "o.npz")
+    assert res.returncode == 2 and res.stderr.startswith("error:")
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_op_help_lists_the_keys():
+    res = run_cli("encoder", "--help")
+    assert res.returncode == 0
+    for key in ("gamma1", "beta2", "w1", "heads", "eps"):
+        assert key in res.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HW_OK, reason=f"hardware top not available: {HW_WHY}")
+@pytest.mark.parametrize("op", ["softmax", "layernorm", "attention"])
+def test_cli_op_on_amaranth(tmp_path, op):
+    rng = np.random.default_rng(6)
+    arrays = {"softmax": dict(x=rng.normal(0, 3, (5, 7))),
+              "layernorm": dict(x=rng.normal(0, 2, (5, 6)), gamma=np.ones(6), beta=np.zeros(6)),
+              "attention": dict(q=rng.normal(0, 1, (5, 4)), k=rng.normal(0, 1, (5, 4)),
+                                v=rng.normal(0, 1, (5, 4)))}[op]
+    inp = save_npz(tmp_path / "in.npz", arrays)
+    stats = tmp_path / "s.json"
+    main([op, "--backend", "amaranth", "--pes", "2", "--lanes", "4", "--inputs", inp,
+          "--out", str(tmp_path / "o.npz"), "--stats", str(stats)])
+    s = json.loads(stats.read_text())
+    assert s["bit_exact_vs_golden"] and s["cycles_source"] == "hardware CYCLES counter"
