@@ -78,8 +78,8 @@ def main(argv=None):
         for x in xs:
             logits, macs = kwt_delta(model, x, th)
             pred.append(logits.argmax(1))
-            dense += macs["dense"]
-            executed += macs["executed"]
+            dense += int(macs["dense"].sum())
+            executed += int(macs["executed"].sum())
         pred = np.concatenate(pred)
         acc = float((pred == truth).mean())
         rows.append({"theta": theta, "skipped": 1 - executed / dense, "accuracy": acc,

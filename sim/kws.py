@@ -2,6 +2,7 @@
 
     python -m sim.kws predict WAV... [--backend B] [--pes 8] [--lanes 16] [--json]
     python -m sim.kws eval DIR [--backend B] [--float] [--limit N] [--json]
+        [--delta-threshold θ | site=θ,... | recommended]
 
 Backends: ``golden`` (the bit-exact numpy model of the accelerator, fast); ``interp`` (the
 compiled program, sim/compiler.py, on the functional ISA interpreter); ``amaranth`` and
@@ -16,6 +17,12 @@ and ``layer_cycles`` (embed, layer0…, head). The hardware's counters are read 
 of a run, so the per-layer breakdown always comes from the cost model's timeline of the same
 program (docs/compiler.md). Errors (bad wav, missing model, a model that does not fit the
 accelerator, ...) print one ``error:`` line and exit 2; a failed simulation exits 1.
+
+``--delta-threshold`` (golden backend) runs Delta KWT (docs/delta.md,
+:func:`sim.golden.delta_kwt.kwt_delta`): one θ for every matmul-input site but the MFCC input,
+per-site values (``qkv=24,ffn1=24,...``; unnamed sites stay dense), or ``recommended`` (the
+documented operating point, :data:`RECOMMENDED_DELTA`). Each result then carries
+``macs_dense`` and ``macs_executed`` instead of the dense accelerator's cycle figures.
 """
 import argparse
 import json
@@ -36,6 +43,8 @@ DEFAULT_MODEL = repo_root() / "data" / "kwt1_int8.npz"
 FLOAT_MODEL = repo_root() / "data" / "kwt1_float.npz"
 BACKENDS = ("golden", "interp", "amaranth", "verilator")
 BATCH = 64
+#: Delta KWT operating point (docs/delta.md, benchmarks/delta.py).
+RECOMMENDED_DELTA = {"qkv": 16, "scores": 16, "pv": 16, "wo": 16, "ffn1": 16, "ffn2": 16}
 # the hardware top's default depths (docs/architecture.md)
 HW_DEPTHS = dict(amem_depth=8192, cmem_depth=4096, bbuf_depth=4096, pbuf_depth=64,
                  imem_depth=256)
@@ -89,6 +98,44 @@ class _Accel:
         return out
 
 
+class _Delta:
+    """Delta KWT on the golden model: logits plus dense and executed MAC counts per clip."""
+
+    def __init__(self, model_path, theta):
+        from .qmodel import load_qmodel
+        self.model = load_qmodel(model_path)
+        self.scale = float(self.model.scales.get("logits", 1.0))
+        self.theta = theta
+
+    def run(self, feats):
+        from .golden.delta_kwt import kwt_delta
+        q, macs = kwt_delta(self.model, self.model.quantize_input(feats), self.theta)
+        return [{"logits": (row * self.scale).tolist(), "logits_int": row.tolist(),
+                 "macs_dense": int(d), "macs_executed": int(e), "delta_threshold": self.theta}
+                for row, d, e in zip(q, macs["dense"], macs["executed"])]
+
+
+def parse_delta_threshold(text):
+    """``θ`` (every site but the MFCC input), ``site=θ,...`` or ``recommended`` → site dict."""
+    from .golden.delta_kwt import SITES, normalize_thresholds
+    text = text.strip()
+    if text == "recommended":
+        return dict(RECOMMENDED_DELTA)
+    try:
+        if "=" in text:
+            out = {}
+            for part in text.split(","):
+                site, _, value = part.partition("=")
+                out[site.strip()] = int(value)
+        else:
+            out = {s: int(text) for s in SITES if s != "embed"}
+        th = normalize_thresholds(out)
+    except ValueError as e:
+        raise InputError(f"bad --delta-threshold {text!r}: {e}; give θ (0..255), "
+                         f"site=θ,... (sites {', '.join(SITES)}) or 'recommended'") from None
+    return {k: v for k, v in th.items() if v is not None}
+
+
 class _Float:
     """The float64 reference: weights from a TFLite file, or the shipped copy of the release's."""
 
@@ -101,11 +148,19 @@ class _Float:
         return [{"logits": row.tolist()} for row in kwt_forward(self.weights, feats)]
 
 
-def load_backend(name, *, model=None, use_float=False, tflite=None, config=None):
+def load_backend(name, *, model=None, use_float=False, tflite=None, config=None, delta=None):
     """``config``: the accelerator (an :class:`sim.program.AccelConfig`; default P = 8, L = 16
-    with the hardware's default depths)."""
+    with the hardware's default depths); ``delta``: per-site thresholds (Delta KWT, golden
+    backend only)."""
     if use_float:
+        if delta is not None:
+            raise InputError("--delta-threshold applies to the int8 model, not to --float")
         return _Float(tflite)
+    if delta is not None:
+        if name != "golden":
+            raise InputError(f"--delta-threshold runs on the golden backend only; the RTL delta "
+                             f"mode is not built yet (docs/delta.md), not on {name!r}")
+        return _Delta(model or DEFAULT_MODEL, delta)
     if name not in BACKENDS:
         raise InputError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
     if config is None:
@@ -150,6 +205,8 @@ def cmd_predict(args, backend):
         for o in out:
             print(f"{o['file']}: {o['label']}  (top logit {max(o['logits']):.3f})")
             print("  logits: " + " ".join(f"{v:.3f}" for v in o["logits"]))
+            if "macs_dense" in o:
+                print(f"  delta: {o['macs_executed']} of {o['macs_dense']} MACs executed")
             if "cycles" in o:
                 print(f"  {o['cycles']} cycles ({o['cycles_source']}) at P={o['pes']} "
                       f"L={o['lanes']}, {o['mac_ops']} MACs, MAC utilization "
@@ -174,6 +231,12 @@ def cmd_eval(args, backend):
     summary = {"n": n, "accuracy": correct / n,
                "per_class": {k: {"n": v[0], "accuracy": v[1] / v[0]} for k, v in sorted(per.items())},
                "backend": "float" if args.float else args.backend}
+    if results and "macs_dense" in results[0]:
+        dense = sum(r["macs_dense"] for r in results)
+        executed = sum(r["macs_executed"] for r in results)
+        summary.update(delta_threshold=results[0]["delta_threshold"],
+                       macs_dense=dense / n, macs_executed=executed / n,
+                       macs_skipped=1 - executed / dense)
     if results and "cycles" in results[0]:
         cyc = np.array([r["cycles"] for r in results], dtype=np.float64)
         summary.update(
@@ -190,6 +253,10 @@ def cmd_eval(args, backend):
         print(f"{summary['backend']}: top-1 {100 * summary['accuracy']:.2f} % on {n} clips")
         for k, v in summary["per_class"].items():
             print(f"  {k:10s} {100 * v['accuracy']:6.2f} %  ({v['n']})")
+        if "macs_dense" in summary:
+            print(f"  delta {summary['delta_threshold']}: {100 * summary['macs_skipped']:.1f} % "
+                  f"of the MACs skipped ({summary['macs_executed']:.0f} of "
+                  f"{summary['macs_dense']:.0f} per clip)")
         if "cycles_mean" in summary:
             print(f"  {summary['cycles_mean']:.0f} cycles per clip ({summary['cycles_source']}) "
                   f"at P={summary['pes']} L={summary['lanes']}, MAC utilization "
@@ -214,6 +281,10 @@ def main(argv=None):
     common.add_argument("--tflite", default=None, help="TFLite model for --float (default: data/kwt1_float.npz, "
                         "the release's weights)")
     common.add_argument("--json", action="store_true", help="print one JSON document")
+    common.add_argument("--delta-threshold", default=None, metavar="θ",
+                        help="Delta KWT on the golden backend: θ (0..255) for every matmul input "
+                        "but the MFCC input, site=θ,... per site (sites: embed, qkv, scores, pv, "
+                        "wo, ffn1, ffn2), or 'recommended'")
     p = sub.add_parser("predict", parents=[common], help="label and logits for each wav file")
     p.add_argument("wav", nargs="+")
     e = sub.add_parser("eval", parents=[common], help="top-1 accuracy over a folder with one subfolder per label")
@@ -228,8 +299,9 @@ def main(argv=None):
             config = AccelConfig(pes=args.pes, lanes=args.lanes,
                                  **{**HW_DEPTHS, "amem_depth": args.amem_depth,
                                     "imem_depth": args.imem_depth})
+        delta = None if args.delta_threshold is None else parse_delta_threshold(args.delta_threshold)
         backend = load_backend(args.backend, model=args.model, use_float=args.float,
-                               tflite=args.tflite, config=config)
+                               tflite=args.tflite, config=config, delta=delta)
         (cmd_predict if args.cmd == "predict" else cmd_eval)(args, backend)
     except KwsError as e:
         from .program import AcceleratorError, SimulationError

@@ -112,3 +112,33 @@ def test_accelerator_that_cannot_hold_the_model_is_a_clear_error():
     res = run_cli("predict", CLIPS[0], "--backend", "interp", "--pes", "1")
     assert res.returncode == 2 and res.stderr.startswith("error:") and "MEM needs" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_delta_threshold_zero_equals_dense_and_reports_macs(capsys):
+    main(["predict", *map(str, CLIPS[:2]), "--json"])
+    dense = json.loads(capsys.readouterr().out)
+    main(["predict", *map(str, CLIPS[:2]), "--json", "--delta-threshold", "0"])
+    delta = json.loads(capsys.readouterr().out)
+    for d, o in zip(dense, delta):
+        assert o["logits_int"] == d["logits_int"]
+        assert 0 < o["macs_executed"] < o["macs_dense"]
+    main(["eval", str(shipped_clips_dir()), "--json", "--no-progress", "--limit", "3",
+          "--delta-threshold", "recommended"])
+    out = json.loads(capsys.readouterr().out)
+    assert 0 < out["macs_skipped"] < 1 and out["macs_executed"] < out["macs_dense"]
+    main(["eval", str(shipped_clips_dir()), "--json", "--no-progress", "--limit", "3",
+          "--delta-threshold", "qkv=255,ffn1=4"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["delta_threshold"] == {"qkv": 255, "ffn1": 4}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--delta-threshold", "300"], "bad --delta-threshold"),
+    (["--delta-threshold", "nope=3"], "unknown delta sites"),
+    (["--delta-threshold", "x"], "bad --delta-threshold"),
+    (["--delta-threshold", "4", "--backend", "verilator"], "golden backend only"),
+    (["--delta-threshold", "4", "--float"], "not to --float"),
+])
+def test_bad_delta_threshold_is_a_clear_error(args, message):
+    r = run_cli("predict", CLIPS[0], *args)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1

@@ -84,19 +84,22 @@ def delta_rows(x, theta):
 
 
 class _Count:
-    def __init__(self):
-        self.dense = 0
-        self.executed = 0
+    """MAC counts per batch element (arrays of the batch shape)."""
 
-    def mm(self, xhat_nnz, a_shape, n_out, theta):
-        """Account one matmul of A (..., T, K) by (K, n_out)."""
+    def __init__(self, batch_shape):
+        self.dense = np.zeros(batch_shape, dtype=np.int64)
+        self.executed = np.zeros(batch_shape, dtype=np.int64)
+
+    def mm(self, nnz, a_shape, n_out, theta):
+        """Account one matmul of A (..., T, K) by (K, n_out); ``nnz`` (..., T) from delta_rows."""
         t, k = a_shape[-2], a_shape[-1]
-        batch = int(np.prod(a_shape[:-2], dtype=np.int64))
-        self.dense += batch * t * k * n_out
+        lead = self.dense.ndim
+        extra = int(np.prod(a_shape[lead:-2], dtype=np.int64))   # e.g. heads folded in
+        self.dense += extra * t * k * n_out
         if theta is None:
-            self.executed += batch * t * k * n_out
+            self.executed += extra * t * k * n_out
         else:
-            self.executed += int(xhat_nnz.sum()) * n_out
+            self.executed += nnz.reshape(self.dense.shape + (-1,)).sum(axis=-1) * n_out
 
 
 def _site(x, theta, count, n_out):
@@ -109,13 +112,13 @@ def kwt_delta(model, mfcc8, theta=None):
     """Logits of :class:`sim.qmodel.QKwt` with delta-encoded matmul inputs.
 
     Returns ``(logits, macs)``: int16 logits (..., classes) and a dict ``{"dense", "executed"}``
-    of MAC counts summed over the batch (dense = every product of every matmul; executed = the
-    products the delta/zero-skipping dataflow performs). ``theta``: see
+    of MAC counts, int64 arrays of the batch shape (...) (dense = every product of every matmul;
+    executed = the products the delta/zero-skipping dataflow performs). ``theta``: see
     :func:`normalize_thresholds`.
     """
     th = normalize_thresholds(theta)
-    count = _Count()
     mfcc8 = to_int(mfcc8, "mfcc")
+    count = _Count(mfcc8.shape[:-2])
     a = np.concatenate([np.zeros(mfcc8.shape[:-2] + (1, mfcc8.shape[-1]), np.int64), mfcc8], axis=-2)
     a = _site(a, th["embed"], count, model.embed_w.shape[0])
     x = requant(matmul(a, model.embed_w.T, model.embed_c0), model.embed_m, model.embed_sh, *INT9)
