@@ -230,7 +230,7 @@ def yosys_script(name, family, *, ports="ooc", synth_opts=""):
 
 def synthesize(component, *, name="top", family="ecp5", freq_mhz=150.0, seed=1, ports=None, device=None,
                package=None, constraints=None, bitstream=False, synth_opts="", build_dir=None, timeout_s=3600,
-               platform="target"):
+               platform="target", pnr=True):
     """Synthesize, place and route ``component``; return resources and timing.
 
     Parameters
@@ -260,6 +260,9 @@ def synthesize(component, *, name="top", family="ecp5", freq_mhz=150.0, seed=1, 
         What ``elaborate(platform)`` receives: ``"target"`` (default) is
         :func:`target_platform` ``(family, device)``; ``None`` elaborates the portable
         description (e.g. to compare an ECP5 primitive wrapper with plain inference).
+    pnr : bool
+        False stops after yosys (cell counts only: ``fmax_mhz`` and ``critical_path`` are
+        None, ``utilization`` empty), for checks of the technology mapping.
 
     Returns
     -------
@@ -278,6 +281,8 @@ def synthesize(component, *, name="top", family="ecp5", freq_mhz=150.0, seed=1, 
         raise ValueError(f"ports must be 'ooc', 'serial' or 'pins'; not {ports!r}")
     if ports == "ooc" and family != "ecp5":
         raise ValueError("nextpnr-ice40 has no out-of-context mode; use ports='serial' or 'pins'")
+    if bitstream and not pnr:
+        raise ValueError("a bitstream needs place and route (pnr=True)")
     if bitstream and ports != "pins":
         raise ValueError("a bitstream needs ports='pins' (real IO buffers)")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
@@ -313,6 +318,15 @@ def synthesize(component, *, name="top", family="ecp5", freq_mhz=150.0, seed=1, 
     if key is None:
         raise RuntimeError(f"module {unit_module} not in yosys stats ({', '.join(mods)})")
     cells = dict(mods[key].get("num_cells_by_type", {}))
+    if not pnr:
+        return {
+            "fmax_mhz": None, "luts": _count(cells, fam["luts"]), "ffs": _count(cells, fam["ffs"]),
+            "dsps": _count(cells, fam["dsps"]), "brams": _count(cells, fam["brams"]), "critical_path": None,
+            "seconds": time.monotonic() - t0, "family": family,
+            "device": f"{device or fam['device']}/{package or fam['package']}", "target_mhz": float(freq_mhz),
+            "ports": ports, "cells": cells, "utilization": {}, "dir": str(work), "bitstream": None,
+            "notes": notes,
+        }
 
     cmd = [tool(fam["nextpnr"]), f"--{device or fam['device']}", "--package", package or fam["package"],
            "--json", "top.json", "--freq", str(freq_mhz), "--seed", str(seed), "--report", "report.json",

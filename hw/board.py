@@ -1,0 +1,403 @@
+"""Board top: the accelerator, on-chip ext memory and a UART host link (docs/board.md).
+
+:class:`BoardTop` is platform-independent (its UART pins are plain ports, so it simulates in
+Amaranth); :class:`BoardPins` puts it on an ``amaranth_boards`` platform (``hw/build.py``).
+
+::
+
+    rx ─▶ UartRx ─▶ FIFO ─▶ HostBridge ─▶ UartTx ─▶ tx
+                              │    │ csr (Wishbone subset)
+                              │    └──────────────────────▶ Accelerator.bus
+                              │ mem                              │ mem
+                              ▼                                  ▼
+                           MemArbiter (round robin, in-order responses)
+                              │ target
+                              ▼
+                           BlockRamMemory (an SDRAM controller later)
+"""
+import enum
+
+from amaranth.build import ResourceError
+from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Module, ResetSignal, Signal
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.wiring import In, Out, connect
+
+from .accelerator import DEFAULTS, DEPTH_LIMITS, Accelerator, check_params
+from .csr import csr_bus_signature
+from .dma import mem_signature
+from .extmem import BlockRamMemory, MemArbiter
+from .params import check_int
+from .pe import LANE_CHOICES, _log2, is_zero
+from .uart import UartRx, UartTx, uart_divisor
+
+__all__ = ["HostCmd", "ACK", "NAK", "INFO_MAGIC", "PROTOCOL_VERSION", "HEADER_BYTES", "HostBridge",
+           "BoardTop", "BoardPins"]
+
+PROTOCOL_VERSION = 1
+INFO_MAGIC = 0x4B            # 'K', first byte of the INFO reply
+ACK = 0xAA                   # reply to CSR_WRITE and MEM_WRITE
+NAK = 0x15                   # reply to an unknown command byte
+
+
+class HostCmd(enum.IntEnum):
+    """Command bytes of the host link (docs/board.md)."""
+    INFO = 0x01         # → 'K', version, L, log2(memory words)
+    CSR_READ = 0x02     # adr:1 → value:4
+    CSR_WRITE = 0x03    # adr:1 value:4 → ACK
+    MEM_READ = 0x04     # addr:4 count-1:2 → count·L bytes
+    MEM_WRITE = 0x05    # addr:4 count-1:2 data:count·L → ACK
+
+
+#: Bytes after the command byte, before any data.
+HEADER_BYTES = {HostCmd.INFO: 0, HostCmd.CSR_READ: 1, HostCmd.CSR_WRITE: 5, HostCmd.MEM_READ: 6,
+                HostCmd.MEM_WRITE: 6}
+
+
+def _eq(sig, k):
+    """``sig == k``; for k = 0 written so that Verilator's lint does not see ``!sig``."""
+    return is_zero(sig) if k == 0 else sig == k
+
+
+class _BridgeState(enum.IntEnum):
+    IDLE = 0
+    HEADER = 1
+    EXEC = 2
+    CSR = 3
+    WDATA = 4
+    WRITE = 5
+    READ = 6
+    READ_RSP = 7
+    SEND = 8             # the final Else: keep it last
+
+
+class HostBridge(wiring.Component):
+    """Executes host-link commands (docs/board.md) on the CSR bus and an ext-memory port.
+
+    Parameters (keyword-only, checked; read-only properties)
+    --------------------------------------------------------
+    lanes : 4, 8, 16 or 32
+        Ext-memory word width in bytes (the accelerator's L).
+    mem_depth : int
+        Words of the memory behind ``mem`` (a power of two; only reported by INFO).
+    timeout : int
+        Clock cycles a command may wait for its next byte before the bridge drops it and
+        waits for a new command byte (resynchronization after a lost byte); 0 waits forever.
+
+    Ports
+    -----
+    i : In(stream.Signature(8))
+        Bytes from the host (UART receiver).
+    o : Out(stream.Signature(8))
+        Bytes to the host (UART transmitter).
+    csr : Out(csr_bus_signature())
+        Initiator of the accelerator's CSR bus.
+    mem : Out(mem_signature(lanes))
+        Initiator on the ext memory (through the arbiter).
+
+    One command at a time: the bridge does not read ``i`` while it executes a command or sends
+    its reply (the host waits for the reply; a FIFO in front absorbs what arrives meanwhile).
+    MEM_READ reads one word, sends its L bytes, then reads the next; MEM_WRITE collects L bytes,
+    writes the word (all byte-mask bits set), and answers ACK after the last word was taken by
+    the memory. Addresses wrap at 2³².
+    """
+
+    def __init__(self, *, lanes, mem_depth, timeout=0):
+        if lanes not in LANE_CHOICES:
+            raise ValueError(f"lanes must be one of {', '.join(map(str, LANE_CHOICES))}; not {lanes!r}")
+        self._lanes = lanes
+        check_int("mem_depth", mem_depth, lo=1, hi=1 << 32)
+        if mem_depth & (mem_depth - 1):
+            raise ValueError(f"mem_depth must be a power of two, not {mem_depth}")
+        self._mem_depth = mem_depth
+        self._timeout = check_int("timeout", timeout, lo=0, hi=1 << 32)
+        super().__init__({
+            "i": In(stream.Signature(8)),
+            "o": Out(stream.Signature(8)),
+            "csr": Out(csr_bus_signature()),
+            "mem": Out(mem_signature(lanes)),
+        })
+
+    lanes = property(lambda self: self._lanes)
+    mem_depth = property(lambda self: self._mem_depth)
+    timeout = property(lambda self: self._timeout)
+
+    @property
+    def info_word(self):
+        """The INFO reply as a little-endian 32-bit value."""
+        return (INFO_MAGIC | PROTOCOL_VERSION << 8 | self._lanes << 16
+                | _log2(self._mem_depth) << 24)
+
+    def elaborate(self, platform):
+        m = Module()
+        L = self._lanes
+        S = _BridgeState
+        state = Signal(S)
+        cmd = Signal(8)
+        hdr = Signal(48)                 # little-endian fields, byte n at bits 8n…8n+7
+        n_hdr = Signal(range(7))
+        need = Signal(range(7))
+        addr = Signal(32)
+        left = Signal(16)                # words after the current one
+        wbuf = Signal(8 * L)
+        n_byte = Signal(range(max(L, 4) + 1))
+        obuf = Signal(max(8 * L, 32))
+        reading = Signal()
+
+        # Inter-byte timeout while a command waits for more bytes from the host.
+        waiting = Signal()
+        expired = Signal()
+        if self._timeout:
+            quiet = Signal(range(self._timeout + 1))
+            with m.If(~waiting | (self.i.valid & self.i.ready)):
+                m.d.sync += quiet.eq(0)
+            with m.Elif(~expired):
+                m.d.sync += quiet.eq(quiet + 1)
+            m.d.comb += expired.eq(quiet == self._timeout)
+
+        bus, mc, mr = self.csr, self.mem.cmd, self.mem.rsp
+        m.d.comb += [
+            bus.adr.eq(hdr[0:8]), bus.dat_w.eq(hdr[8:40]), bus.we.eq(cmd == HostCmd.CSR_WRITE),
+            mc.payload.addr.eq(addr), mc.payload.data.eq(wbuf),
+            mc.payload.mask.eq(mc.payload.we.replicate(L)),
+            self.o.payload.eq(obuf[:8]),
+        ]
+
+        def send(value, nbytes):
+            return [obuf.eq(value), n_byte.eq(nbytes), state.eq(S.SEND)]
+
+        def at(st):
+            return _eq(state, st)
+
+        # If/Elif chains rather than m.FSM / m.Switch: the Verilog then has no incomplete case
+        # statements (Verilator lint, as everywhere in hw/).
+        with m.If(at(S.IDLE)):
+            m.d.comb += self.i.ready.eq(1)
+            with m.If(self.i.valid):
+                byte = self.i.payload
+                m.d.sync += [cmd.eq(byte), n_hdr.eq(0)]
+                with m.If(byte == HostCmd.INFO):
+                    m.d.sync += send(self.info_word, 4)
+                for c in HostCmd:
+                    if HEADER_BYTES[c]:
+                        with m.Elif(byte == c):
+                            m.d.sync += [need.eq(HEADER_BYTES[c]), state.eq(S.HEADER)]
+                with m.Else():
+                    m.d.sync += send(NAK, 1)
+
+        with m.Elif(at(S.HEADER)):
+            m.d.comb += [self.i.ready.eq(1), waiting.eq(1)]
+            with m.If(self.i.valid):
+                # Byte n_hdr of the header: a decoder, not a variable-offset word_select.
+                for k in range(6):
+                    with m.If(_eq(n_hdr, k)):
+                        m.d.sync += hdr[8 * k:8 * k + 8].eq(self.i.payload)
+                m.d.sync += n_hdr.eq(n_hdr + 1)
+                with m.If(n_hdr + 1 == need):
+                    m.d.sync += state.eq(S.EXEC)
+            with m.Elif(expired):
+                m.d.sync += state.eq(S.IDLE)
+
+        with m.Elif(at(S.EXEC)):
+            m.d.sync += [addr.eq(hdr[0:32]), left.eq(hdr[32:48]), n_byte.eq(0)]
+            with m.If((cmd == HostCmd.CSR_READ) | (cmd == HostCmd.CSR_WRITE)):
+                m.d.sync += state.eq(S.CSR)
+            with m.Elif(cmd == HostCmd.MEM_READ):
+                m.d.sync += state.eq(S.READ)
+            with m.Else():
+                m.d.sync += state.eq(S.WDATA)
+
+        with m.Elif(at(S.CSR)):
+            m.d.comb += [bus.cyc.eq(1), bus.stb.eq(1)]
+            with m.If(bus.ack):
+                with m.If(cmd == HostCmd.CSR_WRITE):
+                    m.d.sync += send(ACK, 1)
+                with m.Else():
+                    m.d.sync += send(bus.dat_r, 4)
+
+        with m.Elif(at(S.WDATA)):
+            m.d.comb += [self.i.ready.eq(1), waiting.eq(1)]
+            with m.If(self.i.valid):
+                for k in range(L):
+                    with m.If(_eq(n_byte, k)):
+                        m.d.sync += wbuf[8 * k:8 * k + 8].eq(self.i.payload)
+                m.d.sync += n_byte.eq(n_byte + 1)
+                with m.If(n_byte == L - 1):
+                    m.d.sync += state.eq(S.WRITE)
+            with m.Elif(expired):
+                m.d.sync += state.eq(S.IDLE)
+
+        with m.Elif(at(S.WRITE)):
+            m.d.comb += [mc.valid.eq(1), mc.payload.we.eq(1)]
+            with m.If(mc.ready):
+                m.d.sync += [addr.eq(addr + 1), left.eq(left - 1), n_byte.eq(0)]
+                with m.If(is_zero(left)):
+                    m.d.sync += send(ACK, 1)
+                with m.Else():
+                    m.d.sync += state.eq(S.WDATA)
+
+        with m.Elif(at(S.READ)):
+            m.d.comb += [mc.valid.eq(1), mc.payload.we.eq(0)]
+            with m.If(mc.ready):
+                m.d.sync += state.eq(S.READ_RSP)
+
+        with m.Elif(at(S.READ_RSP)):
+            m.d.comb += mr.ready.eq(1)
+            with m.If(mr.valid):
+                m.d.sync += [reading.eq(1), addr.eq(addr + 1)] + send(mr.payload.data, L)
+
+        with m.Else():                   # SEND: n_byte bytes of obuf, LSB first
+            m.d.comb += self.o.valid.eq(1)
+            with m.If(self.o.ready):
+                m.d.sync += [obuf.eq(obuf >> 8), n_byte.eq(n_byte - 1)]
+                with m.If(n_byte == 1):
+                    with m.If(reading & left.any()):
+                        m.d.sync += [left.eq(left - 1), state.eq(S.READ)]
+                    with m.Else():
+                        m.d.sync += [reading.eq(0), state.eq(S.IDLE)]
+        return m
+
+
+class BoardTop(wiring.Component):
+    """The accelerator with on-chip ext memory and a UART host link.
+
+    Parameters (keyword-only, checked; read-only properties)
+    --------------------------------------------------------
+    clk_hz : int
+        Frequency of the ``sync`` clock (sets the UART divisor and the timeout).
+    baud : int
+        UART bit rate (8N1); ``round(clk_hz / baud)`` ≥ 4 within 2 % (``hw.uart``).
+    mem_depth : int
+        Ext-memory words of L bytes in block RAM, a power of two, 16…2²⁴.
+    timeout_ms : float
+        A command whose next byte does not arrive within this time is dropped (docs/board.md,
+        *Resynchronization*); 0 disables. Default 50 ms.
+    mem_init : sequence of int, optional
+        Initial ext-memory words (simulation, or a preloaded bitstream).
+    pes, lanes, amem_depth, cmem_depth, bbuf_depth, pbuf_depth, imem_depth :
+        The :class:`hw.accelerator.Accelerator` parameters (same defaults).
+
+    Ports
+    -----
+    rx : In(1, init=1)
+        UART line from the host (idle high).
+    tx : Out(1, init=1)
+        UART line to the host.
+    link_error : Out(1)
+        One-cycle pulse on a UART framing error or a dropped received byte (for an LED).
+
+    Attributes ``accel``, ``memory`` (:class:`hw.extmem.BlockRamMemory`; its ``mem`` is the
+    Amaranth ``Memory`` a testbench can read with ``ctx.get(top.memory.mem.data[i])``),
+    ``bridge``, ``arbiter``.
+    """
+
+    def __init__(self, *, clk_hz, baud=115_200, mem_depth, timeout_ms=50, mem_init=(),
+                 pes, lanes=DEFAULTS["lanes"], **accel_kwargs):
+        # Every argument is checked before any subcomponent exists (no half-built design).
+        unknown = set(accel_kwargs) - set(DEPTH_LIMITS)
+        if unknown:
+            raise TypeError(f"unexpected argument(s) {', '.join(sorted(unknown))}")
+        check_params(pes=pes, lanes=lanes, **{**{k: DEFAULTS[k] for k in DEPTH_LIMITS}, **accel_kwargs})
+        uart_divisor(clk_hz, baud)
+        check_int("mem_depth", mem_depth, lo=16, hi=1 << 24)
+        if mem_depth & (mem_depth - 1):
+            raise ValueError(f"mem_depth must be a power of two, not {mem_depth}")
+        if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) or timeout_ms < 0:
+            raise ValueError(f"timeout_ms must be a non-negative number, not {timeout_ms!r}")
+        self._timeout_ms = timeout_ms
+        self.accel = Accelerator(pes=pes, lanes=lanes, **accel_kwargs)
+        self.rx_uart = UartRx(clk_hz=clk_hz, baud=baud)
+        self.tx_uart = UartTx(clk_hz=clk_hz, baud=baud)
+        self.memory = BlockRamMemory(lanes=lanes, depth=mem_depth, init=mem_init)
+        self.bridge = HostBridge(lanes=lanes, mem_depth=mem_depth,
+                                 timeout=round(clk_hz * timeout_ms / 1000))
+        # Initiator 0 is the accelerator, 1 the host: the order only decides the first grant.
+        self.arbiter = MemArbiter(lanes=lanes, initiators=2, max_reads=8)
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "link_error": Out(1)})
+
+    clk_hz = property(lambda self: self.rx_uart.clk_hz)
+    baud = property(lambda self: self.rx_uart.baud)
+    divisor = property(lambda self: self.rx_uart.divisor, doc="Clock cycles per UART bit.")
+    mem_depth = property(lambda self: self.memory.depth)
+    timeout_ms = property(lambda self: self._timeout_ms)
+    pes = property(lambda self: self.accel.pes)
+    lanes = property(lambda self: self.accel.lanes)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.accel = acc = self.accel
+        m.submodules.rx_uart = rxu = self.rx_uart
+        m.submodules.tx_uart = txu = self.tx_uart
+        m.submodules.memory = mem = self.memory
+        m.submodules.bridge = br = self.bridge
+        m.submodules.arbiter = arb = self.arbiter
+        # A cushion for bytes that arrive while the bridge waits on the memory or the CSR bus.
+        m.submodules.rx_fifo = rx_fifo = fifo.SyncFIFOBuffered(width=8, depth=8)
+
+        m.d.comb += [
+            rxu.rx.eq(self.rx), self.tx.eq(txu.tx),
+            self.link_error.eq(rxu.frame_error | rxu.overrun),
+            rx_fifo.w_data.eq(rxu.o.payload), rx_fifo.w_en.eq(rxu.o.valid),
+            rxu.o.ready.eq(rx_fifo.w_rdy),
+            br.i.payload.eq(rx_fifo.r_data), br.i.valid.eq(rx_fifo.r_rdy),
+            rx_fifo.r_en.eq(br.i.ready),
+        ]
+        connect(m, br.o, txu.i)
+        connect(m, br.csr, acc.bus)
+        connect(m, acc.mem, arb.initiators[0])
+        connect(m, br.mem, arb.initiators[1])
+        connect(m, arb.target, mem.bus)
+        return m
+
+
+class BoardPins(Elaboratable):
+    """Puts a :class:`BoardTop` on an ``amaranth_boards`` platform.
+
+    Clock: the board's default clock pin (``platform.default_clk``) drives ``sync``; a
+    power-on counter holds ``sync`` in reset for the first 2¹⁰ cycles (the ECP5 platform's
+    own ``sync`` has no reset, which the DSP primitives need; 40–85 µs also covers the iCE40
+    block RAMs reading 0 for ≈ 3 µs after configuration). Pins: UART 0; LED 0 heartbeat
+    (≈ 1.5 Hz: clock running, bitstream loaded) and LED 1 (lit ≈ 0.1 s after a UART framing
+    error or dropped byte) when the board has them.
+    """
+
+    #: log₂ of the power-on reset length in clock cycles.
+    POR_BITS = 10
+
+    def __init__(self, top):
+        if not isinstance(top, BoardTop):
+            raise TypeError(f"top must be a BoardTop, not {top!r}")
+        self.top = top
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.top = top = self.top
+        clk = platform.request(platform.default_clk, 0)
+        m.domains.sync = ClockDomain("sync")
+        m.domains.por = ClockDomain("por", reset_less=True)
+        # Counts up from 0, as every flip-flop starts at 0 after configuration on both families.
+        por = Signal(self.POR_BITS + 1)
+        with m.If(~por[-1]):
+            m.d.por += por.eq(por + 1)
+        m.d.comb += [ClockSignal("sync").eq(clk.i), ClockSignal("por").eq(clk.i),
+                     ResetSignal("sync").eq(~por[-1])]
+
+        uart = platform.request("uart", 0)
+        m.d.comb += [top.rx.eq(uart.rx.i), uart.tx.o.eq(top.tx)]
+        leds = []
+        for k in range(2):
+            try:
+                leds.append(platform.request("led", k))
+            except ResourceError:       # a board with fewer LEDs
+                break
+        beat = Signal(max(1, (top.clk_hz // 3).bit_length()))
+        m.d.sync += beat.eq(beat + 1)
+        if leds:
+            m.d.comb += leds[0].o.eq(beat[-1])
+        if len(leds) > 1:
+            hold = Signal(range(max(2, top.clk_hz // 10)))
+            with m.If(top.link_error):
+                m.d.sync += hold.eq(max(2, top.clk_hz // 10) - 1)
+            with m.Elif(hold.any()):
+                m.d.sync += hold.eq(hold - 1)
+            m.d.comb += leds[1].o.eq(hold.any())
+        return m

