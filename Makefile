@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
+	$(PY) -m hw.generate --pes 8
 	$(PY) -m sim.kws predict data/clips/*/*.wav
 
 test: $(VENV)/.installed
@@ -25,6 +26,8 @@ test-slow: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/units.py
+	$(PY) benchmarks/matmul.py
+	$(PY) benchmarks/delta.py
 
 clean:
 	rm -rf build
