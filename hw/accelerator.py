@@ -128,6 +128,9 @@ class Accelerator(wiring.Component):
         connect(m, dma.bbuf_w, array.bbuf_w)
         connect(m, dma.pbuf_w, array.pbuf_w)
         connect(m, dma.amem_w, array.amem_w)
+        connect(m, dma.cmem_w, array.cmem_w)
+        connect(m, dma.table_w, array.table_w)
+        connect(m, ctrl.row, array.row_cmd)
         m.d.comb += [
             csr.busy.eq(ctrl.busy), csr.halted.eq(ctrl.halted), csr.error.eq(ctrl.error),
             csr.code.eq(ctrl.code), csr.pc.eq(ctrl.pc),
@@ -136,7 +139,7 @@ class Accelerator(wiring.Component):
             csr.instret.eq(ctrl.instret), csr.array_cycles.eq(ctrl.array_cycles),
             ctrl.start.eq(csr.start), ctrl.clear.eq(csr.clear),
             ctrl.prog_base.eq(csr.prog_base), ctrl.prog_len.eq(csr.prog_len),
-            ctrl.dma_idle.eq(dma.idle), ctrl.dma_loads_idle.eq(dma.loads_idle),
+            ctrl.dma_idle.eq(dma.idle), ctrl.dma_loads.eq(dma.loads),
             ctrl.array_active.eq(array.active), ctrl.array_busy.eq(array.busy),
             ctrl.array_mac.eq(array.mac), ctrl.array_stall_wb.eq(array.stall_wb),
             ctrl.imem_w_en.eq(dma.imem_w_en), ctrl.imem_w_addr.eq(dma.imem_w_addr),

@@ -1,29 +1,32 @@
 """The PE array: P processing elements in lockstep, the shared operand buffer (BBUF) and column
-parameters (PBUF), the matmul sequencer, the drain control and the BBUF write-back.
+parameters (PBUF), the matmul sequencer, the drain control and the BBUF write-back, and the row
+sequencer of the row operations.
 
-docs/isa.md (MATMUL) defines what it computes, docs/architecture.md how.
+docs/isa.md (MATMUL) and docs/isa_transformer.md (epilogues, row operations, LOAD_C, LOAD_T)
+define what it computes, docs/architecture.md how.
 """
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .isa import Dst, Flag
 from .params import check_choice, check_int
-from .pe import (LANE_CHOICES, PE, BankedRam, InitMode, _log2, bank_select, is_zero,
+from .pe import (LANE_CHOICES, PE, BankedRam, InitMode, RowOp, _log2, bank_select, is_zero,
                  pick, select)
+from .rowunit import RowSequencer, row_desc_layout
 
 __all__ = ["PEArray", "matmul_desc_layout", "bbuf_w_layout", "pbuf_w_layout", "amem_w_layout",
-           "MAX_PES", "ADDR_BITS", "MM_TAG_BITS"]
+           "cmem_w_layout", "table_w_layout", "MAX_PES", "ADDR_BITS", "MM_TAG_BITS"]
 
 MAX_PES = 64
 #: Width of internal address arithmetic: every range is checked at decode against depths
 #: ≤ 2^16, so sums of in-range addresses and one more stride never wrap in 18 bits.
 ADDR_BITS = 18
-#: Width of the MATMUL sequence numbers (the controller's issue count, the array's completion
-#: count, the tag a STORE_C carries). They wrap; a STORE_C waits while ``done − tag`` (mod
-#: 2^17) has its top bit set. That is exact as long as fewer than 2^16 MATMULs complete between
-#: a STORE_C's dispatch and its start (a program holds at most 65 536 instructions) and fewer
-#: than 2^16 are in flight (a handful).
+#: Width of the sequence numbers of array operations (MATMULs and row operations: the
+#: controller's issue count, the array's completion count, the tag a STORE_C carries). They
+#: wrap; a STORE_C waits while ``done − tag`` (mod 2^17) has its top bit set. That is exact as
+#: long as fewer than 2^16 operations complete between a STORE_C's dispatch and its start (a
+#: program holds at most 65 536 instructions) and fewer than 2^16 are in flight (a handful).
 MM_TAG_BITS = 17
 
 
@@ -39,7 +42,9 @@ def matmul_desc_layout():
         "b_base": unsigned(16),
         "p_base": unsigned(16),
         "out_base": unsigned(16), "out_stride": unsigned(16),
-        "dst": unsigned(2), "sat": unsigned(2), "flags": unsigned(3),
+        "dst": unsigned(2), "sat": unsigned(2),
+        "flags": unsigned(6),      # hw.isa.Flag: BIAS, ACCUM, RELU, RSCALE, REQ, ACT
+        "act_sel": unsigned(1),    # ACT: the table (imm[0])
     })
 
 
@@ -61,6 +66,19 @@ def amem_w_layout(pes, lanes):
                               "en": unsigned(lanes)})
 
 
+def cmem_w_layout(pes, lanes):
+    """One CMEM row write into PE ``pe`` (LOAD_C): the int32 slots with ``en`` set get
+    ``data`` (L/4 int32, slot s in bits 32s…32s+31)."""
+    return data.StructLayout({"pe": unsigned(max(1, (pes - 1).bit_length())),
+                              "addr": unsigned(16), "data": unsigned(8 * lanes),
+                              "en": unsigned(lanes // 4)})
+
+
+def table_w_layout():
+    """One activation-table entry (LOAD_T), written into every PE."""
+    return data.StructLayout({"addr": unsigned(9), "data": signed(9)})
+
+
 def _check_pow2(name, value, lo, hi):
     check_int(name, value, lo=lo, hi=hi)
     if value & (value - 1):
@@ -69,44 +87,61 @@ def _check_pow2(name, value, lo, hi):
 
 
 class PEArray(wiring.Component):
-    """P PEs, BBUF, PBUF, the MATMUL sequencer, drain control and BBUF write-back.
+    """P PEs, BBUF, PBUF, the MATMUL sequencer, drain control and BBUF write-back, and the row
+    sequencer (:class:`hw.rowunit.RowSequencer`) driving the PEs' row units.
 
     Ports
     -----
     cmd : In(stream.Signature(matmul_desc_layout()))
         A MATMUL to run (range-checked by the controller). Accepted when the sequencer is
-        free (``ready = ~active``); its first beat issues the next cycle.
+        free and no row operation runs (``ready = ~active & ~row_busy``); its first beat
+        issues the next cycle.
+    row_cmd : In(stream.Signature(row_desc_layout()))
+        A row operation (SOFTMAX, LAYERNORM, RADD), accepted when the array is idle.
     active : Out(1)
         The sequencer is issuing beats of a MATMUL.
+    row_busy : Out(1)
+        A row operation runs (from acceptance until its last result and RS entry are written).
     busy : Out(1)
-        ``active`` or any tile not yet written back (drains, requantization, BBUF write-back).
+        ``active``, any tile not yet written back (drains, requantization, BBUF write-back),
+        or ``row_busy``.
     mac : Out(1)
         A beat was issued this cycle (the MAC array computes): counts MAC_CYCLES.
     stall_wb : Out(1)
         The sequencer holds a tile's last beat because the drain or the BBUF write-back is not
         free: counts STALL_WB.
     mm_done : Out(MM_TAG_BITS)
-        MATMULs complete for CMEM, a wrapping count (never reset): it steps in the cycle of a
-        MATMUL's last CMEM write (drain stage ``PE.D_WRITE`` of the last element of its last
-        tile), so a CMEM read from the next cycle on sees every result. MATMULs with dst
-        AMEM/BBUF_* count at the same stage (they write no CMEM). MATMULs complete in order.
+        Array operations complete for CMEM, a wrapping count (never reset): it steps in the
+        cycle of a MATMUL's last CMEM write (drain stage ``PE.D_WRITE`` of the last element of
+        its last tile; ``PE.D_Y`` with REQ), so a CMEM read from the next cycle on sees every
+        result, and when a row operation has finished. MATMULs with dst AMEM/BBUF_* count at
+        ``D_WRITE`` too (they write no CMEM). Operations complete in order (the controller
+        lets nothing overtake a REQ MATMUL or a row operation).
     bbuf_w : In(stream.Signature(bbuf_w_layout(L)))
         DMA writes into BBUF (LOAD_B); the write-back of BBUF_ROWS/BBUF_T results has priority.
     pbuf_w : In(stream.Signature(pbuf_w_layout(L)))
         DMA writes into PBUF (LOAD_P); always ready.
     amem_w : In(stream.Signature(amem_w_layout(P, L)))
-        DMA row writes into one PE's AMEM (LOAD_A); drain writes (dst AMEM) have priority.
+        DMA row writes into one PE's AMEM (LOAD_A); drain and row-unit writes (dst AMEM) have
+        priority.
+    cmem_w : In(stream.Signature(cmem_w_layout(P, L)))
+        DMA row writes into one PE's CMEM (LOAD_C), accepted while the array is idle (no drain
+        or row-unit write can share the cycle).
+    table_w : In(stream.Signature(table_w_layout()))
+        Activation-table entries (LOAD_T), written into every PE; always ready.
     cmem_r_pe, cmem_r_addr : In
         CMEM row read for STORE_C (PE index, row address), taken in cycles with
         ``cmem_r_free``; the drain of an ACCUM tile has the CMEM read port in the other cycles.
     cmem_r_free : Out(1)
-        The CMEM read port is free for STORE_C this cycle (no ACCUM element in drain stage D0).
+        The CMEM read port is free for STORE_C this cycle (no ACCUM element in drain stage D0,
+        no row operation).
     cmem_rdata : Out(8L)
         The row read two cycles earlier.
 
     Timing: a MATMUL takes ``⌈M/P⌉·tiles·max(K, L)`` cycles of beats (``max(K, L + 4)`` for
     the first tile of an ACCUM), plus stalls on a full write-back; its results are complete
-    ``PE.MAC_LATENCY + L + PE.D_Y`` cycles after the last beat (plus the write-back).
+    ``PE.MAC_LATENCY + L + PE.D_Y`` cycles after the last beat (plus the write-back). Row
+    operations: see :mod:`hw.rowunit`.
     """
 
     def __init__(self, *, pes, lanes, amem_depth, cmem_depth, bbuf_depth, pbuf_depth):
@@ -118,7 +153,9 @@ class PEArray(wiring.Component):
         self._pbuf_depth = _check_pow2("pbuf_depth", pbuf_depth, 1, 1 << 14)
         super().__init__({
             "cmd": In(stream.Signature(matmul_desc_layout())),
+            "row_cmd": In(stream.Signature(row_desc_layout())),
             "active": Out(1),
+            "row_busy": Out(1),
             "busy": Out(1),
             "mac": Out(1),
             "stall_wb": Out(1),
@@ -126,6 +163,8 @@ class PEArray(wiring.Component):
             "bbuf_w": In(stream.Signature(bbuf_w_layout(lanes))),
             "pbuf_w": In(stream.Signature(pbuf_w_layout(lanes))),
             "amem_w": In(stream.Signature(amem_w_layout(pes, lanes))),
+            "cmem_w": In(stream.Signature(cmem_w_layout(pes, lanes))),
+            "table_w": In(stream.Signature(table_w_layout())),
             "cmem_r_pe": In(max(1, (pes - 1).bit_length())),
             "cmem_r_addr": In(16),
             "cmem_r_free": Out(1),
@@ -188,6 +227,7 @@ class PEArray(wiring.Component):
         off_t = Signal(lsh)
         stride_big = Signal(AB)
         first_tile = Signal()
+        rpass = Signal(8)            # the row pass (its row-scale entry, RSCALE)
         gap_max = L + 4
         since = Signal(range(gap_max + 1), init=gap_max)
         credits = Signal(range(3), init=2)
@@ -203,9 +243,11 @@ class PEArray(wiring.Component):
         gap_ok = Mux(first_tile & desc.flags[1], ge_l4, ge_l)   # Flag.ACCUM: one more gap
         hold = is_last & (~gap_ok | (is_bbuf & no_credit))
         issue = Signal()
+        row_busy = Signal()
+        row_free = Signal(init=1)    # no row operation (a local register for the accept path)
         m.d.comb += [
             issue.eq(active & ~hold),
-            self.cmd.ready.eq(~active),
+            self.cmd.ready.eq(~active & row_free),
             self.active.eq(active),
             self.mac.eq(issue),
             self.stall_wb.eq(active & hold),
@@ -237,11 +279,13 @@ class PEArray(wiring.Component):
         m.d.comb += bbuf.r_addr.eq(b_addr)
 
         # Tile descriptors from the last beat's issue to the drain-register load (at most two
-        # in flight: loads are ≥ L ≥ 4 cycles apart, the beat pipeline is 5 deep).
+        # in flight: loads are ≥ L ≥ 4 cycles apart, the beat pipeline is MAC_LATENCY + 1 = 6
+        # deep).
         tile_layout = data.StructLayout({
-            "dst": unsigned(2), "flags": unsigned(3), "sat": unsigned(2), "rmask": unsigned(P),
+            "dst": unsigned(2), "flags": unsigned(6), "sat": unsigned(2), "rmask": unsigned(P),
             "ncols": range(L + 1), "e_tile": unsigned(AB), "pb_tile": unsigned(AB),
-            "blk": unsigned(1), "mm_last": unsigned(1),
+            "blk": unsigned(1), "mm_last": unsigned(1), "rpass": unsigned(8),
+            "act_sel": unsigned(1),
         })
         ring = [Signal(tile_layout, name=f"tile_ring{k}") for k in range(2)]
         ring_w, ring_r = Signal(), Signal()
@@ -259,6 +303,7 @@ class PEArray(wiring.Component):
             tile_now.dst.eq(desc.dst), tile_now.flags.eq(desc.flags), tile_now.sat.eq(desc.sat),
             tile_now.rmask.eq(rmask), tile_now.ncols.eq(ncols), tile_now.e_tile.eq(e_tile),
             tile_now.pb_tile.eq(pb_tile), tile_now.blk.eq(wb_alloc),
+            tile_now.rpass.eq(rpass), tile_now.act_sel.eq(desc.act_sel),
             # the MATMUL's last tile: last tile of the last pass
             tile_now.mm_last.eq(is_zero(trem) & is_zero(passes_left)),
             blk_now.trans.eq(desc.dst == Dst.BBUF_T), blk_now.rmask.eq(rmask),
@@ -278,7 +323,7 @@ class PEArray(wiring.Component):
                 n_left.eq(d.ncols), wb_rows.eq(d.out_base),
                 row_t.eq(d.out_base), wb_t.eq(d.out_base), off_t.eq(0),
                 stride_big.eq(d.out_stride * (P // L)),
-                first_tile.eq(1),
+                first_tile.eq(1), rpass.eq(0),
             ]
 
         last_issue = issue & is_last
@@ -311,6 +356,7 @@ class PEArray(wiring.Component):
                     carry = off_next >= L
                     m.d.sync += [
                         trem.eq(desc.tiles - 1), passes_left.eq(passes_left - 1),
+                        rpass.eq(rpass + 1),
                         n0.eq(n0 + P), rows_left.eq(rows_left - P),
                         a_row.eq(a_row + desc.a_stride), a_addr.eq(a_row + desc.a_stride),
                         b_addr.eq(desc.b_base),
@@ -335,15 +381,28 @@ class PEArray(wiring.Component):
         b2 = Signal(8 * L)
         m.d.sync += b2.eq(bank_select(bbuf))
 
-        for pe in pes:
-            m.d.comb += [pe.valid.eq(i_valid), pe.a_addr.eq(i_a), pe.first.eq(i_first),
-                         pe.last.eq(i_last), pe.b.eq(b2)]
+        # The row sequencer (row operations; never at the same time as a MATMUL).
+        m.submodules.rowseq = rseq = RowSequencer(pes=P, lanes=L)
+        # No MATMUL in the array (registered: its accept enables every row-sequencer register;
+        # a MATMUL accepted in this cycle counts as busy, and nothing else starts one).
+        mm_idle = Signal()
+        m.d.sync += mm_idle.eq(~active & ~outstanding.any() & ~(self.cmd.valid & self.cmd.ready))
+        m.d.comb += [self.row_cmd.ready.eq(rseq.cmd.ready & mm_idle),
+                     rseq.cmd.valid.eq(self.row_cmd.valid & self.row_cmd.ready),
+                     rseq.cmd.payload.eq(self.row_cmd.payload),
+                     row_busy.eq(rseq.busy), self.row_busy.eq(row_busy)]
+        # A row operation accepted now is busy from the next cycle on, as row_free drops.
+        m.d.sync += row_free.eq(~rseq.busy & ~(self.row_cmd.valid & self.row_cmd.ready))
 
-        # Central copy of the beat pipeline: which cycle loads the drain registers (M4).
-        c_last = [Signal(name=f"c_last{k}") for k in range(1, 5)]
+        for pe in pes:
+            m.d.comb += [pe.valid.eq(i_valid), pe.a_addr.eq(Mux(row_busy, rseq.a_raddr, i_a)),
+                         pe.first.eq(i_first), pe.last.eq(i_last), pe.b.eq(b2)]
+
+        # Central copy of the beat pipeline: which cycle loads the drain registers (M5).
+        c_last = [Signal(name=f"c_last{k}") for k in range(1, PE.MAC_LATENCY + 1)]
         m.d.sync += c_last[0].eq(i_valid & i_last)
-        m.d.sync += [c_last[k + 1].eq(c_last[k]) for k in range(3)]
-        load = c_last[3]
+        m.d.sync += [c_last[k + 1].eq(c_last[k]) for k in range(PE.MAC_LATENCY - 1)]
+        load = c_last[-1]
 
         # ------------------------------------------------------------------ drain control
         d_active = Signal()
@@ -364,7 +423,8 @@ class PEArray(wiring.Component):
             "valid": unsigned(1), "col_valid": unsigned(1), "rmask": unsigned(P),
             "e": unsigned(AB), "i": unsigned(lsh), "dst": unsigned(2), "relu": unsigned(1),
             "sat": unsigned(2), "tile_end": unsigned(1), "blk": unsigned(1),
-            "mm_end": unsigned(1),
+            "mm_end": unsigned(1), "rscale": unsigned(1), "req": unsigned(1),
+            "act": unsigned(1), "act_sel": unsigned(1),
         })
         meta = [Signal(meta_layout, name=f"meta{k}") for k in range(D_Y + 1)]
         m.d.comb += [
@@ -374,61 +434,123 @@ class PEArray(wiring.Component):
             meta[0].sat.eq(dm.sat), meta[0].tile_end.eq(d_active & (d_i == L - 1)),
             meta[0].blk.eq(dm.blk),
             meta[0].mm_end.eq(d_active & (d_i == L - 1) & dm.mm_last),
+            meta[0].rscale.eq((dm.flags & Flag.RSCALE).any()),
+            meta[0].req.eq((dm.flags & Flag.REQ).any()),
+            meta[0].act.eq((dm.flags & Flag.ACT).any()), meta[0].act_sel.eq(dm.act_sel),
         ]
         m.d.sync += [meta[k + 1].eq(meta[k]) for k in range(D_Y)]
 
         # D0: PBUF reads of the column's bias, m, sh; CMEM read (ACCUM start value).
         d_init = Mux((dm.flags & Flag.BIAS).any(), InitMode.BIAS,
                      Mux((dm.flags & Flag.ACCUM).any(), InitMode.CMEM, InitMode.ZERO))
+        # A row operation reads its column parameters at its own stages: m/sh (LAYERNORM's G
+        # and shift, RADD's m and shift) and the bias (LAYERNORM's B), each with its lane.
+        b_tile = Mux(row_busy, rseq.pb_tile, dm.pb_tile)
+        b_lane = Mux(row_busy, rseq.pb_lane, d_i)
+        m_tile = Mux(row_busy, rseq.pm_tile, dm.pb_tile)
+        m_lane = Mux(row_busy, rseq.pm_lane, d_i)
         m.d.comb += [
-            pmem[0].r_addr.eq(Cat(d_i[lsh - 2:], dm.pb_tile)),
-            pmem[1].r_addr.eq(Cat(d_i[lsh - 1:], dm.pb_tile)),
-            pmem[2].r_addr.eq(dm.pb_tile),
+            pmem[0].r_addr.eq(Cat(b_lane[lsh - 2:], b_tile)),
+            pmem[1].r_addr.eq(Cat(m_lane[lsh - 1:], m_tile)),
+            pmem[2].r_addr.eq(m_tile),
         ]
         # D1: PBUF data; D2: registered; D3: the column's values selected.
         prow2 = [bank_select(mem) for mem in pmem]     # registered per bank
         bias3 = Signal(signed(32))
         mul3, mul4 = Signal(16), Signal(16)
         sh3, sh4 = Signal(8), Signal(8)
-        i2 = meta[2].i
+        b_lane1, b_lane2, m_lane1, m_lane2 = (Signal(lsh, name=n) for n in
+                                              ("b_lane1", "b_lane2", "m_lane1", "m_lane2"))
+        m.d.sync += [b_lane1.eq(b_lane), b_lane2.eq(b_lane1), m_lane1.eq(m_lane),
+                     m_lane2.eq(m_lane1)]
         m.d.sync += [
-            bias3.eq(select(prow2[0], i2[:lsh - 2], 32) if lsh > 2 else prow2[0][:32]),
-            mul3.eq(select(prow2[1], i2[:lsh - 1], 16)),
-            sh3.eq(select(prow2[2], i2, 8)),
+            bias3.eq(select(prow2[0], b_lane2[:lsh - 2], 32) if lsh > 2 else prow2[0][:32]),
+            mul3.eq(select(prow2[1], m_lane2[:lsh - 1], 16)),
+            sh3.eq(select(prow2[2], m_lane2, 8)),
             mul4.eq(mul3), sh4.eq(sh3),
         ]
+        # The row-scale entry of the tile's row pass, read in D2.
+        rpass1, rpass2 = Signal(8), Signal(8)
+        m.d.sync += [rpass1.eq(dm.rpass), rpass2.eq(rpass1)]
 
         busy = Signal()
-        m.d.comb += [busy.eq(active | outstanding.any()), self.busy.eq(busy)]
-        # The CMEM read port: the drain reads the ACCUM start value in D0; STORE_C gets every
-        # other cycle (a plain or BIAS drain ignores what D0 reads).
+        m.d.comb += [busy.eq(active | outstanding.any() | row_busy), self.busy.eq(busy)]
+        # The CMEM read port: the drain reads the ACCUM start value in D0, a row operation its
+        # elements; STORE_C gets the other cycles (a plain or BIAS drain ignores what D0 reads).
         drain_reads = d_active & (dm.flags & Flag.ACCUM).any()
-        m.d.comb += self.cmem_r_free.eq(~drain_reads)
+        m.d.comb += self.cmem_r_free.eq(~drain_reads & ~row_busy)
         cmem_pe1, cmem_pe2 = Signal.like(self.cmem_r_pe), Signal.like(self.cmem_r_pe)
         m.d.sync += [cmem_pe1.eq(self.cmem_r_pe), cmem_pe2.eq(cmem_pe1)]
         m.d.comb += self.cmem_rdata.eq(pick((pe.c_rdata for pe in pes), cmem_pe2))
 
-        mw, my = meta[D_W], meta[D_Y]
-        # MATMUL completion for CMEM: the edge that writes the last element also counts it.
+        # mul4 / sh4 hold the D4 element: the PEs take m, sh, sat, relu in D_RQ = D4.
+        mw, mq, my, ma = meta[D_W], meta[PE.D_RQ], meta[D_Y], meta[PE.D_ACT]
+        # Completion for CMEM: the edge that writes the last element also counts it (REQ
+        # writes CMEM in D_Y); a row operation counts when it has finished.
         mm_done = Signal(MM_TAG_BITS)
-        with m.If(mw.valid & mw.mm_end):
-            m.d.sync += mm_done.eq(mm_done + 1)
+        row_busy1 = Signal()
+        m.d.sync += row_busy1.eq(row_busy)
+        done_now = ((mw.valid & mw.mm_end & ~mw.req) + (my.valid & my.mm_end & my.req) +
+                    (row_busy1 & ~row_busy))
+        m.d.sync += mm_done.eq(mm_done + done_now)
         m.d.comb += self.mm_done.eq(mm_done)
+
+        # Result writes: the drain (dst AMEM in D_Y; dst CMEM in D_WRITE, with REQ in D_Y) or
+        # the row unit (R_Y); the DMA's LOAD_A writes wait in those cycles.
+        rw_amem = rseq.w_valid & (rseq.w_dst == Dst.AMEM)
+        rw_cmem = rseq.w_valid & is_zero(rseq.w_dst)
         drain_amem = my.valid & (my.dst == Dst.AMEM)
-        m.d.comb += self.amem_w.ready.eq(~drain_amem)
-        aw = self.amem_w.payload
+        cw_s = mw.valid & is_zero(mw.dst) & ~mw.req       # s in D_WRITE
+        cw_y = my.valid & is_zero(my.dst) & my.req        # y in D_Y (REQ)
+        # LOAD_C writes while the array is idle: registered, so it selects the PEs' CMEM write
+        # data directly (a MATMUL or row operation accepted now writes CMEM ≥ 5 cycles later).
+        c_dma = Signal()
+        m.d.sync += c_dma.eq(~busy)
+        m.d.comb += [self.amem_w.ready.eq(~drain_amem & ~rw_amem),
+                     self.cmem_w.ready.eq(c_dma), self.table_w.ready.eq(1)]
+        aw, cwp, tw = self.amem_w.payload, self.cmem_w.payload, self.table_w.payload
+        is_ln = rseq.rop.op == RowOp.LAYERNORM
         for p, pe in enumerate(pes):
+            dma_pe = is_zero(aw.pe) if p == 0 else aw.pe == p
+            dmac_pe = is_zero(cwp.pe) if p == 0 else cwp.pe == p
             m.d.comb += [
-                pe.c_raddr.eq(Mux(drain_reads, d_e[csh:], self.cmem_r_addr)),
-                pe.c_slot.eq(d_e[:csh] if csh else 0),
+                pe.c_raddr.eq(Mux(row_busy, rseq.c_raddr[csh:],
+                                  Mux(drain_reads, d_e[csh:], self.cmem_r_addr))),
+                pe.c_slot.eq(Mux(row_busy, rseq.c_raddr[:csh], d_e[:csh]) if csh else 0),
                 pe.d_init.eq(d_init),
+                pe.rs_row.eq(rpass2),
                 pe.bias.eq(bias3),
-                pe.c_we.eq(mw.valid & mw.col_valid & mw.rmask[p] & is_zero(mw.dst)),
-                pe.c_waddr.eq(mw.e[csh:]),
-                pe.c_wslot.eq(mw.e[:csh] if csh else 0),
-                pe.m.eq(mul4), pe.sh.eq(sh4), pe.sat.eq(mw.sat), pe.relu.eq(mw.relu),
+                pe.rscale.eq(mw.rscale),
+                # G of LAYERNORM is signed; every other m is uint16.
+                pe.m.eq(Mux(row_busy & is_ln, mul4.as_signed(), mul4)), pe.sh.eq(sh4),
+                pe.sat.eq(mq.sat), pe.relu.eq(mq.relu),
+                pe.act.eq(ma.valid & ma.act), pe.act_sel.eq(ma.act_sel),
+                pe.row.eq(row_busy), pe.rop.eq(rseq.rop),
+                pe.rc_data.eq(rseq.rc_data), pe.rc_q1.eq(rseq.rc_q1),
+                pe.rc_s2.eq(rseq.rc_s2), pe.rc_y2.eq(rseq.rc_y2),
+                pe.rs_we.eq(rseq.rs_we[p]), pe.rs_waddr.eq(rseq.rs_waddr),
+                pe.t_we.eq(self.table_w.valid), pe.t_waddr.eq(tw.addr), pe.t_wdata.eq(tw.data),
+                pe.c_dma.eq(c_dma), pe.cw_data.eq(cwp.data),
+                pe.cw_en.eq(Mux(self.cmem_w.valid & dmac_pe, cwp.en, 0)),
             ]
-            with m.If(drain_amem):
+            with m.If(rw_cmem):
+                m.d.comb += [pe.c_we.eq(rseq.w_rmask[p]), pe.c_wy.eq(1),
+                             pe.c_waddr.eq(rseq.w_addr[csh:]),
+                             pe.c_wslot.eq(rseq.w_addr[:csh] if csh else 0)]
+            with m.Elif(cw_y):
+                m.d.comb += [pe.c_we.eq(my.col_valid & my.rmask[p]), pe.c_wy.eq(1),
+                             pe.c_waddr.eq(my.e[csh:]), pe.c_wslot.eq(my.e[:csh] if csh else 0)]
+            with m.Elif(cw_s):
+                m.d.comb += [pe.c_we.eq(mw.col_valid & mw.rmask[p]),
+                             pe.c_waddr.eq(mw.e[csh:]), pe.c_wslot.eq(mw.e[:csh] if csh else 0)]
+            with m.Else():
+                m.d.comb += pe.c_waddr.eq(cwp.addr)
+            with m.If(rw_amem):
+                m.d.comb += [
+                    pe.aw_addr.eq(rseq.w_addr[lsh:]), pe.aw_from_y.eq(1),
+                    pe.aw_en.eq(Mux(rseq.w_rmask[p], 1 << rseq.w_addr[:lsh], 0)),
+                ]
+            with m.Elif(drain_amem):
                 m.d.comb += [
                     pe.aw_addr.eq(my.e[lsh:]), pe.aw_from_y.eq(1),
                     pe.aw_en.eq(Mux(my.col_valid & my.rmask[p], 1 << my.e[:lsh], 0)),
@@ -436,8 +558,7 @@ class PEArray(wiring.Component):
             with m.Else():
                 m.d.comb += [
                     pe.aw_addr.eq(aw.addr), pe.aw_data.eq(aw.data),
-                    pe.aw_en.eq(Mux(self.amem_w.valid & (is_zero(aw.pe) if p == 0 else aw.pe == p),
-                                       aw.en, 0)),
+                    pe.aw_en.eq(Mux(self.amem_w.valid & dma_pe, aw.en, 0)),
                 ]
 
         # ------------------------------------------------------------------ write-back

@@ -97,6 +97,8 @@ def _parser():
                    help="ext-memory words of L bytes in block RAM, a power of two (default: the board's)")
     p.add_argument("--baud", default="115200", help="UART bit rate (default 115200)")
     p.add_argument("--seed", default="1", help="nextpnr placement seed (default 1)")
+    p.add_argument("--router", default="router1", choices=("router1", "router2"),
+                   help="nextpnr router (default router1)")
     p.add_argument("--target-mhz", metavar="F",
                    help="place and route for F MHz instead of the board clock (fmax_mhz then shows "
                         "what the design reaches; the clock stays the board's)")
@@ -161,15 +163,16 @@ def _raise_clock_constraint(work, family, target_mhz):
     path.write_text(text)
 
 
-def build(board, *, params=None, mem_depth=None, baud=115_200, seed=1, target_mhz=None, out_dir=None,
-          timeout_s=7200):
+def build(board, *, params=None, mem_depth=None, baud=115_200, seed=1, target_mhz=None, router="router1",
+          out_dir=None, timeout_s=7200):
     """Build ``board`` (a key of :data:`BOARDS`) with Accelerator ``params`` (board defaults
     for missing keys); return the report dict (also written to ``report.json``).
 
     ``target_mhz`` above the board clock makes nextpnr place and route for that frequency
     (the clock constraint in the constraint file is raised; the result is accepted if the
     board clock itself is met), so that ``fmax_mhz`` shows what the design can reach rather
-    than what a relaxed placement happened to give."""
+    than what a relaxed placement happened to give. ``router``: nextpnr's ``router1``
+    (default) or ``router2`` (which converged worse on these builds, see docs/board.md)."""
     from .board import BoardPins, BoardTop
 
     if board not in BOARDS:
@@ -189,7 +192,10 @@ def build(board, *, params=None, mem_depth=None, baud=115_200, seed=1, target_mh
         (work / stale).unlink(missing_ok=True)
 
     t0 = time.monotonic()
-    nextpnr_opts = f"--seed {int(seed)} --report nextpnr_report.json --detailed-timing-report"
+    if router not in ("router1", "router2"):
+        raise ValueError(f"--router must be router1 or router2, not {router!r}")
+    nextpnr_opts = (f"--seed {int(seed)} --router {router} --report nextpnr_report.json "
+                    f"--detailed-timing-report")
     raise_clock = target_mhz is not None and target_mhz * 1e6 > clk_hz
     if raise_clock:
         nextpnr_opts += " --timing-allow-fail"
@@ -245,7 +251,7 @@ def build(board, *, params=None, mem_depth=None, baud=115_200, seed=1, target_mh
         "utilization": {k: v["used"] for k, v in report.get("utilization", {}).items() if v.get("used")},
         "cells": cells,
         "params": {**full, "mem_depth": mem_depth, "baud": baud, "clk_hz": clk_hz, "seed": seed,
-                   "target_mhz": target_mhz},
+                   "target_mhz": target_mhz, "router": router},
         "bitstream": str(bit) if bit.exists() else None,
         "seconds": round(time.monotonic() - t0, 1),
         "dir": str(work),
@@ -281,7 +287,7 @@ def main(argv=None):
         from .uart import uart_divisor
         uart_divisor(int(_platform(args.board).default_clk_frequency), baud)
         result = build(args.board, params=params, mem_depth=mem_depth, baud=baud, seed=seed,
-                       target_mhz=target, out_dir=args.out_dir)
+                       target_mhz=target, router=args.router, out_dir=args.out_dir)
     except (ValueError, TypeError) as e:
         msg = str(e)
         for name in ("pes", "lanes", "baud", *DEPTH_LIMITS):   # name the option as typed

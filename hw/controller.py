@@ -3,16 +3,17 @@
 docs/isa.md defines the instructions and error codes; docs/architecture.md the timing.
 """
 import numpy as np
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .array import MM_TAG_BITS, matmul_desc_layout
-from .dma import DmaOp, dma_desc_layout
-from .isa import INSTR_BITS, INSTR_LAYOUT, Dst, ErrorCode, Op, Sat
+from .dma import Dma, DmaOp, dma_desc_layout
+from .isa import INSTR_BITS, INSTR_LAYOUT, Dst, ErrorCode, Flag, Op, Sat
 from .params import check_choice, check_int
-from .pe import LANE_CHOICES, _log2, is_zero
+from .pe import ACT_ENTRIES, LANE_CHOICES, RS_ENTRIES, _log2, is_zero
+from .rowunit import MAX_ROW_K, row_desc_layout
 
 __all__ = ["Controller", "ceil_div_const"]
 
@@ -46,11 +47,12 @@ class Controller(wiring.Component):
         transfers and the array have finished (bounded).
     cycles, mac_cycles, stall_dma, stall_wb, instret, array_cycles : Out(32)
         The counters of docs/isa.md (ARRAY_CYCLES: cycles with ``array_busy``).
-    dma : Out(stream.Signature(dma_desc_layout())); dma_idle, dma_loads_idle : In(1)
+    dma : Out(stream.Signature(dma_desc_layout())); dma_idle : In(1); dma_loads : In
         ``dma_idle``: nothing queued or running (SYNC, HALT, the program load);
-        ``dma_loads_idle``: no load queued or running (MATMUL).
-    array : Out(stream.Signature(matmul_desc_layout())); array_active, array_busy, array_mac,
-    array_stall_wb : In(1)
+        ``dma_loads``: loads queued or running (the load lag of MATMUL and row operations).
+    array : Out(stream.Signature(matmul_desc_layout())); row : Out(stream.Signature(
+    row_desc_layout())); array_active, array_busy, array_mac, array_stall_wb : In(1)
+        MATMULs and row operations (SOFTMAX, LAYERNORM, RADD) to the array.
     imem_w_en, imem_w_addr, imem_w_data : In
         Program words from the DMA engine.
 
@@ -59,11 +61,14 @@ class Controller(wiring.Component):
     instructions then wait for their interlock. The array runs a MATMUL while the controller
     goes on, so fetch and decode hide behind compute.
 
-    Interlocks (docs/architecture.md, *Ordering*): a MATMUL waits until no load is queued or
-    running in the DMA (``dma_loads_idle``; queued STORE_Cs do not hold it) and, behind a
-    MATMUL with dst AMEM/BBUF_*, until the array is idle. MATMULs are numbered (a wrapping
-    count of those issued, never reset); a STORE_C carries the count of MATMULs issued before
-    it as its ``tag``, and the DMA starts it once the array's completion count reaches the tag.
+    Interlocks (docs/architecture.md, *Ordering*): a MATMUL or row operation waits until at
+    most ``lag`` (``ext_addr[7:0]``) loads are queued or running in the DMA (loads complete in
+    order, so every earlier one but the last ``lag`` has landed; queued STORE_Cs do not hold
+    it). A MATMUL also waits, behind a MATMUL with dst AMEM/BBUF_* or REQ or behind a row
+    operation, until the array is idle; a row operation always waits until the array is idle.
+    Array operations are numbered (a wrapping count of those issued, never reset); a STORE_C
+    carries the count issued before it as its ``tag``, and the DMA starts it once the array's
+    completion count reaches the tag.
     """
 
     def __init__(self, *, pes, lanes, amem_depth, cmem_depth, bbuf_depth, pbuf_depth,
@@ -81,8 +86,9 @@ class Controller(wiring.Component):
             "cycles": Out(32), "mac_cycles": Out(32), "stall_dma": Out(32), "stall_wb": Out(32),
             "instret": Out(32), "array_cycles": Out(32),
             "dma": Out(stream.Signature(dma_desc_layout())),
-            "dma_idle": In(1), "dma_loads_idle": In(1),
+            "dma_idle": In(1), "dma_loads": In(range(Dma.QUEUE_DEPTH + 2)),
             "array": Out(stream.Signature(matmul_desc_layout())),
+            "row": Out(stream.Signature(row_desc_layout())),
             "array_active": In(1), "array_busy": In(1), "array_mac": In(1),
             "array_stall_wb": In(1),
             "imem_w_en": In(1), "imem_w_addr": In(16), "imem_w_data": In(INSTR_BITS),
@@ -105,123 +111,167 @@ class Controller(wiring.Component):
         ins = Signal(INSTR_LAYOUT)
         code = Signal(8)
         halted, error = Signal(), Signal()
-        prev_local = Signal()   # a MATMUL in flight may write AMEM or BBUF
+        # The last array operation wrote AMEM/BBUF, REQ-ed into CMEM in D_Y, or was a row
+        # operation: a MATMUL behind it waits for the array to be idle.
+        prev_local = Signal()
         mm_req = Signal()       # MATMUL handed to the array (array.valid)
+        row_req = Signal()      # row operation handed to the array (row.valid)
         counters = {name: Signal(32, name=name) for name in
                     ("cycles", "mac_cycles", "stall_dma", "stall_wb", "instret",
                      "array_cycles")}
-        mm_issued = Signal(MM_TAG_BITS)   # MATMULs handed to the array (wraps, never reset)
+        mm_issued = Signal(MM_TAG_BITS)   # array operations issued (wraps, never reset)
         m.d.comb += [self.pc.eq(pc), self.code.eq(code), self.halted.eq(halted),
                      self.error.eq(error)]
         m.d.comb += [getattr(self, k).eq(v) for k, v in counters.items()]
 
         # ---------------------------------------------------------------- decode
-        # Stage 1: derived counts and field checks.
+        # Stage 1: derived counts and field checks (BAD_FIELD).
         f = ins
         op = f.op
+        fl = f.flags
         passes1, rowsl1, n1 = Signal(17), Signal(17), Signal(17)
+        kt1 = Signal(17)          # ⌈k/L⌉: PBUF tiles of a row operation
         bad1 = Signal()
         is_mm = op == Op.MATMUL
-        accum = f.flags[1]   # Flag.ACCUM
+        is_sm, is_ln, is_radd = op == Op.SOFTMAX, op == Op.LAYERNORM, op == Op.RADD
+        is_row = is_sm | is_ln | is_radd
+        is_dmaop = ((op == Op.LOAD_B) | (op == Op.LOAD_A) | (op == Op.LOAD_P) |
+                    (op == Op.STORE_C) | (op == Op.LOAD_C) | (op == Op.LOAD_T))
+        accum, rscale, req, act = fl[1], fl[3], fl[4], fl[5]    # hw.isa.Flag bits
         tl = f.tiles << lsh
         sat_ok = Mux(f.dst == Dst.AMEM, f.sat != Sat.INT16,
                      Mux(f.dst[1], is_zero(f.sat), 1))   # BBUF: Sat.INT8 only
+        allowed = Signal(8)      # the flag bits the opcode has
+        m.d.comb += allowed.eq(Mux(is_mm, 0x3F, Mux(is_sm, Flag.NORM, 0)))
+        mm_bad = (is_zero(f.rows) | is_zero(f.k) | is_zero(f.tiles) | (f.dst > 3) |
+                  (f.sat > 3) | (f.count > tl) | ~sat_ok |
+                  (accum & f.dst[1]) |                                   # ACCUM: CMEM/AMEM
+                  (req & f.dst.any()) |                                  # REQ: dst CMEM
+                  (act & ((f.dst != Dst.AMEM) | f.sat.any())) |          # ACT: AMEM, INT8
+                  (rscale & is_zero(f.dst) & ~req))                      # RSCALE → CMEM: REQ
+        row_bad = (is_zero(f.k) | (f.k > MAX_ROW_K) | is_zero(f.rows) | (f.dst > Dst.AMEM) |
+                   (~is_sm & ((f.sat > 3) | ((f.dst == Dst.AMEM) & (f.sat == Sat.INT16)))))
+        lt_bad = (op == Op.LOAD_T) & (f.a_base + f.count > ACT_ENTRIES)
         # Stage 2: multiplier operands. Stage 3: products. Stage 4: ends. Stage 5: compares.
         # Stage 6: the error code (first failing check). One register level per step.
-        fa2, fo2 = Signal(17), Signal(17)
-        fb2 = Signal(8)
+        fa2, fo2, fb2 = Signal(17), Signal(17), Signal(17)
+        fbm2 = Signal(16)
         pa3, pb3, po3 = Signal(33), Signal(33), Signal(33)
         a_end4, b_end4, p_end4, o_end4 = (Signal(35, name=n) for n in
                                           ("a_end4", "b_end4", "p_end4", "o_end4"))
-        o_lim4 = Signal(17)
-        o_code4 = Signal(8)
-        check_a4, check_b4, check_p4, check_o4 = (Signal(name=n) for n in (
-            "check_a4", "check_b4", "check_p4", "check_o4"))
+        a_lim4, b_lim4, o_lim4 = Signal(17), Signal(17), Signal(17)
+        a_code4, b_code4, o_code4 = Signal(8), Signal(8), Signal(8)
+        check_a4, check_b4, check_p4, check_o4, check_c4 = (Signal(name=n) for n in (
+            "check_a4", "check_b4", "check_p4", "check_o4", "check_c4"))
         bad = {k: Signal(name=f"bad{k}") for k in range(2, 6)}
         n2, n3 = Signal(17), Signal(17)
         n_tl = Signal(17)
-        legal5, a_bad5, o_bad5, b_bad5, p_bad5 = (Signal(name=n) for n in (
-            "legal5", "a_bad5", "o_bad5", "b_bad5", "p_bad5"))
-        o_code5 = Signal(8)
+        legal5 = Signal()
+        # Stage 5: one bit per range error code that some check raises.
+        amem5, cmem5, bbuf5, pbuf5 = (Signal(name=n) for n in ("amem5", "cmem5", "bbuf5",
+                                                                "pbuf5"))
         err6 = Signal(8)
 
         m.d.sync += [
             passes1.eq(ceil_div_const(f.rows, P, 16)),
             rowsl1.eq((f.rows + (L - 1)) >> lsh),
+            kt1.eq((f.k + (L - 1)) >> lsh),
             n1.eq(Mux(is_zero(f.count), tl, f.count[:17])),
-            bad1.eq(is_mm & (is_zero(f.rows) | is_zero(f.k) | is_zero(f.tiles) | (f.dst > 3) |
-                             (f.sat > 3) | f.flags[3:].any() |
-                             (accum & f.dst.any()) | (f.count > tl) | ~sat_ok)),
+            bad1.eq((fl & ~allowed).any() | (is_mm & mm_bad) | (is_row & row_bad) | lt_bad),
         ]
-        # Stage 2.
+        # Stage 2 (and the row-scale bound: RSCALE or SOFTMAX in attention mode use one RS
+        # entry per local row).
         rm1 = Mux(is_zero(passes1), 0, passes1 - 1)
-        with m.If(op == Op.MATMUL):
-            m.d.sync += [fa2.eq(rm1), fb2.eq(f.tiles),
+        rs_bad = ((is_mm & rscale) | (is_sm & ~fl[3])) & (passes1 > RS_ENTRIES)
+        with m.If(is_mm):
+            m.d.sync += [fa2.eq(rm1), fb2.eq(f.tiles), fbm2.eq(f.k),
                          fo2.eq(Mux(f.dst == Dst.BBUF_ROWS, f.tiles - 1,
                                     Mux(f.dst == Dst.BBUF_T, rowsl1 - 1, rm1)))]
-        with m.Elif(op == Op.LOAD_A):
-            m.d.sync += [fa2.eq(rm1), fb2.eq(0), fo2.eq(0)]
+        with m.Elif((op == Op.LOAD_A) | is_row):
+            m.d.sync += [fa2.eq(rm1), fb2.eq(rm1), fbm2.eq(f.imm[:16]), fo2.eq(rm1)]
         with m.Else():
-            m.d.sync += [fa2.eq(0), fb2.eq(0), fo2.eq(rm1)]
-        m.d.sync += [bad[2].eq(bad1), n2.eq(n1), n_tl.eq(tl)]
+            m.d.sync += [fa2.eq(0), fb2.eq(0), fbm2.eq(0), fo2.eq(rm1)]
+        m.d.sync += [bad[2].eq(bad1 | rs_bad), n2.eq(n1), n_tl.eq(tl)]
         # Stage 3.
-        m.d.sync += [pa3.eq(fa2 * f.a_stride), pb3.eq(fb2 * f.k), po3.eq(fo2 * f.out_stride),
+        m.d.sync += [pa3.eq(fa2 * f.a_stride), pb3.eq(fb2 * fbm2), po3.eq(fo2 * f.out_stride),
                      bad[3].eq(bad[2]), n3.eq(n2)]
-        # Stage 4.
-        with m.If(op == Op.MATMUL):
+        # Stage 4: the end of every region (one past its last element) and its memory.
+        def region(lim, code, depth, err):
+            return [lim.eq(depth), code.eq(err)]
+
+        m.d.sync += [check_a4.eq(0), check_b4.eq(0), check_p4.eq(0), check_o4.eq(0),
+                     check_c4.eq(0)]
+        m.d.sync += region(a_lim4, a_code4, D["amem"], ErrorCode.AMEM_RANGE)
+        m.d.sync += region(b_lim4, b_code4, D["bbuf"], ErrorCode.BBUF_RANGE)
+        with m.If(is_mm):
             o_extent = Mux(f.dst == Dst.BBUF_ROWS, f.rows, n3)
             m.d.sync += [
                 a_end4.eq(f.a_base + pa3 + f.k), check_a4.eq(1),
                 b_end4.eq(f.b_base + pb3), check_b4.eq(1),
                 p_end4.eq(f.p_base + f.tiles),
-                check_p4.eq(f.flags[0] | f.dst.any()),   # BIAS, or requantized
+                check_p4.eq(fl[0] | req | f.dst.any()),   # BIAS, REQ, or requantized
                 o_end4.eq(f.out_base + po3 + o_extent), check_o4.eq(1),
+                check_c4.eq(accum & (f.dst == Dst.AMEM)),  # ACCUM reads CMEM at the output
             ]
             with m.If(is_zero(f.dst)):
-                m.d.sync += [o_lim4.eq(D["cmem"]), o_code4.eq(ErrorCode.CMEM_RANGE)]
+                m.d.sync += region(o_lim4, o_code4, D["cmem"], ErrorCode.CMEM_RANGE)
             with m.Elif(f.dst == Dst.AMEM):
-                m.d.sync += [o_lim4.eq(D["amem"]), o_code4.eq(ErrorCode.AMEM_RANGE)]
+                m.d.sync += region(o_lim4, o_code4, D["amem"], ErrorCode.AMEM_RANGE)
             with m.Else():
-                m.d.sync += [o_lim4.eq(D["bbuf"]), o_code4.eq(ErrorCode.BBUF_RANGE)]
+                m.d.sync += region(o_lim4, o_code4, D["bbuf"], ErrorCode.BBUF_RANGE)
+        with m.Elif(is_row):
+            # Source rows in CMEM; RADD's x in AMEM; the destination; PBUF (LAYERNORM, RADD).
+            m.d.sync += [
+                a_end4.eq(f.a_base + pa3 + f.k), check_a4.eq(1),
+                b_end4.eq(f.b_base + pb3 + f.k), check_b4.eq(is_radd),
+                p_end4.eq(f.p_base + kt1), check_p4.eq(~is_sm),
+                o_end4.eq(f.out_base + po3 + f.k), check_o4.eq(1),
+            ]
+            m.d.sync += region(a_lim4, a_code4, D["cmem"], ErrorCode.CMEM_RANGE)
+            m.d.sync += region(b_lim4, b_code4, D["amem"], ErrorCode.AMEM_RANGE)
+            with m.If(f.dst == Dst.AMEM):
+                m.d.sync += region(o_lim4, o_code4, D["amem"], ErrorCode.AMEM_RANGE)
+            with m.Else():
+                m.d.sync += region(o_lim4, o_code4, D["cmem"], ErrorCode.CMEM_RANGE)
         with m.Elif(op == Op.LOAD_A):
-            m.d.sync += [a_end4.eq(f.a_base + pa3 + f.k),
-                         check_a4.eq(f.rows.any() & f.k.any()),
-                         check_b4.eq(0), check_p4.eq(0), check_o4.eq(0)]
+            m.d.sync += [a_end4.eq(f.a_base + pa3 + f.k), check_a4.eq(f.rows.any() & f.k.any())]
         with m.Elif(op == Op.LOAD_B):
-            m.d.sync += [b_end4.eq(f.b_base + f.count), check_b4.eq(1),
-                         check_a4.eq(0), check_p4.eq(0), check_o4.eq(0)]
+            m.d.sync += [b_end4.eq(f.b_base + f.count), check_b4.eq(1)]
         with m.Elif(op == Op.LOAD_P):
-            m.d.sync += [p_end4.eq(f.p_base + f.count), check_p4.eq(1),
-                         check_a4.eq(0), check_b4.eq(0), check_o4.eq(0)]
-        with m.Elif(op == Op.STORE_C):
+            m.d.sync += [p_end4.eq(f.p_base + f.count), check_p4.eq(1)]
+        with m.Elif((op == Op.STORE_C) | (op == Op.LOAD_C)):
             m.d.sync += [o_end4.eq(f.out_base + po3 + n_tl),
-                         check_o4.eq(f.rows.any() & f.tiles.any()),
-                         o_lim4.eq(D["cmem"]), o_code4.eq(ErrorCode.CMEM_RANGE),
-                         check_a4.eq(0), check_b4.eq(0), check_p4.eq(0)]
-        with m.Else():
-            m.d.sync += [check_a4.eq(0), check_b4.eq(0), check_p4.eq(0), check_o4.eq(0)]
+                         check_o4.eq(f.rows.any() & f.tiles.any())]
+            m.d.sync += region(o_lim4, o_code4, D["cmem"], ErrorCode.CMEM_RANGE)
         m.d.sync += bad[4].eq(bad[3])
         # Stage 5.
+        a_bad = check_a4 & (a_end4 > a_lim4)
+        b_bad = check_b4 & (b_end4 > b_lim4)
+        o_bad = check_o4 & (o_end4 > o_lim4)
+        c_bad = check_c4 & (o_end4 > D["cmem"])
+        p_bad = check_p4 & (p_end4 > D["pbuf"])
+
+        def raised(code):
+            return ((a_bad & (a_code4 == code)) | (b_bad & (b_code4 == code)) |
+                    (o_bad & (o_code4 == code)))
         m.d.sync += [
-            legal5.eq(is_zero(op) | (op == Op.HALT) | (op == Op.SYNC) | (op == Op.LOAD_B) |
-                      (op == Op.LOAD_A) | (op == Op.LOAD_P) | (op == Op.STORE_C) |
-                      (op == Op.MATMUL)),
-            a_bad5.eq(check_a4 & (a_end4 > D["amem"])),
-            o_bad5.eq(check_o4 & (o_end4 > o_lim4)),
-            b_bad5.eq(check_b4 & (b_end4 > D["bbuf"])),
-            p_bad5.eq(check_p4 & (p_end4 > D["pbuf"])),
-            o_code5.eq(o_code4), bad[5].eq(bad[4]),
+            legal5.eq(is_zero(op) | (op == Op.HALT) | (op == Op.SYNC) | is_dmaop | is_mm |
+                      is_row),
+            amem5.eq(raised(ErrorCode.AMEM_RANGE)),
+            cmem5.eq(raised(ErrorCode.CMEM_RANGE) | c_bad),
+            bbuf5.eq(raised(ErrorCode.BBUF_RANGE)),
+            pbuf5.eq(p_bad),
+            bad[5].eq(bad[4]),
         ]
-        # Stage 6.
-        o_bad = o_bad5
+        # Stage 6: the first of ILLEGAL_OPCODE, BAD_FIELD, AMEM_RANGE, CMEM_RANGE, BBUF_RANGE,
+        # PBUF_RANGE.
         m.d.sync += err6.eq(
             Mux(~legal5, ErrorCode.ILLEGAL_OPCODE,
             Mux(bad[5], ErrorCode.BAD_FIELD,
-            Mux(a_bad5, ErrorCode.AMEM_RANGE,
-            Mux(o_bad & (o_code5 == ErrorCode.AMEM_RANGE), ErrorCode.AMEM_RANGE,
-            Mux(o_bad & (o_code5 == ErrorCode.CMEM_RANGE), ErrorCode.CMEM_RANGE,
-            Mux(b_bad5 | (o_bad & (o_code5 == ErrorCode.BBUF_RANGE)), ErrorCode.BBUF_RANGE,
-            Mux(p_bad5, ErrorCode.PBUF_RANGE, ErrorCode.NONE))))))))
+            Mux(amem5, ErrorCode.AMEM_RANGE,
+            Mux(cmem5, ErrorCode.CMEM_RANGE,
+            Mux(bbuf5, ErrorCode.BBUF_RANGE,
+            Mux(pbuf5, ErrorCode.PBUF_RANGE, ErrorCode.NONE)))))))
 
         # ---------------------------------------------------------------- dispatch values
         dd = self.dma.payload
@@ -235,6 +285,11 @@ class Controller(wiring.Component):
         with m.Elif(op == Op.STORE_C):
             m.d.comb += [dd.op.eq(DmaOp.STORE_C), dd.base.eq(f.out_base),
                          dd.stride.eq(f.out_stride)]
+        with m.Elif(op == Op.LOAD_C):
+            m.d.comb += [dd.op.eq(DmaOp.LOAD_C), dd.base.eq(f.out_base),
+                         dd.stride.eq(f.out_stride)]
+        with m.Elif(op == Op.LOAD_T):
+            m.d.comb += [dd.op.eq(DmaOp.LOAD_T), dd.base.eq(f.a_base)]
         with m.Else():
             m.d.comb += [dd.op.eq(DmaOp.LOAD_B), dd.base.eq(f.b_base)]
         ad = self.array.payload
@@ -243,7 +298,16 @@ class Controller(wiring.Component):
             ad.ncols.eq(n3), ad.a_base.eq(f.a_base), ad.a_stride.eq(f.a_stride),
             ad.b_base.eq(f.b_base), ad.p_base.eq(f.p_base), ad.out_base.eq(f.out_base),
             ad.out_stride.eq(f.out_stride), ad.dst.eq(f.dst), ad.sat.eq(f.sat),
-            ad.flags.eq(f.flags),
+            ad.flags.eq(fl), ad.act_sel.eq(f.imm[0]),
+        ]
+        rd = self.row.payload
+        m.d.comb += [
+            rd.op.eq(op[:2]),     # SOFTMAX 0x30, LAYERNORM 0x31, RADD 0x32 → hw.pe.RowOp
+            rd.norm.eq(fl[3]), rd.rows.eq(f.rows), rd.passes.eq(passes1), rd.k.eq(f.k),
+            rd.a_base.eq(f.a_base), rd.a_stride.eq(f.a_stride), rd.b_base.eq(f.b_base),
+            rd.b_stride.eq(f.imm[:16]), rd.out_base.eq(f.out_base),
+            rd.out_stride.eq(f.out_stride), rd.dst.eq(f.dst), rd.sat.eq(f.sat),
+            rd.p_base.eq(f.p_base), rd.imm.eq(f.imm), rd.eps.eq(Cat(f.count, f.tiles)),
         ]
 
         # ---------------------------------------------------------------- state machine
@@ -268,6 +332,7 @@ class Controller(wiring.Component):
                 m.d.sync += pc.eq(pc + 1)
 
         idle_all = self.dma_idle & ~self.array_busy
+        lag_ok = self.dma_loads <= f.ext_addr[:8]
         # States (a plain register: lint wants every case statement complete).
         (STOPPED, LOAD, LOAD_WAIT, FETCH, FETCH2,
          DEC1, DEC2, DEC3, DEC4, DEC5, DEC6, EXEC) = range(12)
@@ -304,25 +369,32 @@ class Controller(wiring.Component):
                     m.d.comb += go.eq(1)
                 with m.Elif((op == Op.HALT) | (op == Op.SYNC)):
                     m.d.comb += [go.eq(idle_all), stall_dma.eq(~self.dma_idle)]
-                with m.Elif((op == Op.LOAD_B) | (op == Op.LOAD_A) | (op == Op.LOAD_P) |
-                            (op == Op.STORE_C)):
+                with m.Elif(is_dmaop):
                     m.d.comb += [self.dma.valid.eq(1), go.eq(self.dma.ready),
                                  stall_dma.eq(~self.dma.ready)]
-                with m.Else():   # MATMUL (other opcodes stopped at decode)
+                with m.Elif(is_mm):
                     # The request is a register (the array's accept enables hundreds of its
                     # registers); it may rise while the previous MATMUL still issues beats and
                     # is accepted when the sequencer is free (ready), so MATMULs follow each
                     # other with a one-cycle gap. Once raised its conditions stay true: the
                     # DMA gets no new load meanwhile, and a previous MATMUL writing AMEM/BBUF
-                    # has finished. Loads issued before the MATMUL must have landed; STORE_Cs
-                    # do not hold it (they wait for their own MATMULs in the DMA).
-                    ok = self.dma_loads_idle & ~(prev_local & self.array_busy)
+                    # has finished. The loads before it but the last `lag` must have landed;
+                    # STORE_Cs do not hold it (they wait for their own MATMULs in the DMA).
+                    ok = lag_ok & ~(prev_local & self.array_busy)
                     with m.If(ok):
                         m.d.sync += mm_req.eq(1)
                     m.d.comb += [self.array.valid.eq(mm_req), go.eq(mm_req & self.array.ready),
-                                 stall_dma.eq(~self.dma_loads_idle)]
+                                 stall_dma.eq(~lag_ok)]
                     with m.If(go):
-                        m.d.sync += [prev_local.eq(f.dst.any()), mm_req.eq(0),
+                        m.d.sync += [prev_local.eq(f.dst.any() | req), mm_req.eq(0),
+                                     mm_issued.eq(mm_issued + 1)]
+                with m.Else():   # a row operation (other opcodes stopped at decode)
+                    with m.If(lag_ok & ~self.array_busy):
+                        m.d.sync += row_req.eq(1)
+                    m.d.comb += [self.row.valid.eq(row_req), go.eq(row_req & self.row.ready),
+                                 stall_dma.eq(~lag_ok)]
+                    with m.If(go):
+                        m.d.sync += [prev_local.eq(1), row_req.eq(0),
                                      mm_issued.eq(mm_issued + 1)]
                 with m.If(go):
                     m.d.comb += retire.eq(1)

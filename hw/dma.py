@@ -1,15 +1,17 @@
-"""DMA engine: LOAD_B, LOAD_A, LOAD_P, STORE_C and the program load, queued behind compute.
+"""DMA engine: LOAD_B, LOAD_A, LOAD_P, LOAD_C, LOAD_T, STORE_C and the program load, queued
+behind compute.
 
 Layouts of ext memory and of the on-chip memories: docs/isa.md; dataflow:
 docs/architecture.md.
 """
 import enum
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .array import ADDR_BITS, MM_TAG_BITS, amem_w_layout, bbuf_w_layout, pbuf_w_layout
+from .array import (ADDR_BITS, MM_TAG_BITS, amem_w_layout, bbuf_w_layout, cmem_w_layout,
+                    pbuf_w_layout, table_w_layout)
 from .isa import INSTR_BITS, mem_cmd_layout, mem_rsp_layout
 from .params import check_choice, check_int
 from .pe import LANE_CHOICES, _log2, is_zero, pick
@@ -23,6 +25,8 @@ class DmaOp(enum.IntEnum):
     LOAD_P = 2
     STORE_C = 3
     LOAD_I = 4    # the program: ``count`` words into IMEM
+    LOAD_C = 5    # rows × tiles × 4 words into CMEM (the inverse of STORE_C)
+    LOAD_T = 6    # ``count`` activation-table entries, L/2 per word
 
 
 def dma_desc_layout():
@@ -58,9 +62,12 @@ class Dma(wiring.Component):
     idle : Out(1)
         The queue is empty and no transfer runs.
     loads_idle : Out(1)
-        No load (LOAD_A/LOAD_B/LOAD_P, the program) is queued or running: a count of load
-        descriptors, up on acceptance, down when the load's last word is written. The
-        controller starts a MATMUL only then (STORE_Cs in the queue do not hold it).
+        No load (LOAD_A/B/P/C/T, the program) is queued or running.
+    loads : Out(range(QUEUE_DEPTH + 2))
+        Loads queued or running: a count of load descriptors, up on acceptance, down when
+        the load's last word is written. Loads complete in order, so a MATMUL or row
+        operation with load lag ``lag`` may start once ``loads ≤ lag`` (STORE_Cs in the queue
+        do not count).
     mm_done : In(MM_TAG_BITS)
         MATMULs complete for CMEM (the array's wrapping count). A STORE_C starts when
         ``mm_done`` has reached its ``tag`` (the MATMULs issued before it; wrap-safe
@@ -68,8 +75,9 @@ class Dma(wiring.Component):
     mem : Out(mem_signature(L))
         Ext memory. Reads are requested as fast as ``mem.cmd`` accepts them; responses are
         consumed in order as fast as the destination memory accepts them.
-    bbuf_w, pbuf_w, amem_w : Out(stream.Signature(…))
-        Writes into BBUF, PBUF, the AMEMs (see :mod:`hw.array`).
+    bbuf_w, pbuf_w, amem_w, cmem_w, table_w : Out(stream.Signature(…))
+        Writes into BBUF, PBUF, the AMEMs, the CMEMs (LOAD_C) and the activation tables
+        (LOAD_T) (see :mod:`hw.array`).
     cmem_r_pe, cmem_r_addr : Out, cmem_rdata : In
         CMEM row reads for STORE_C (data two cycles after the address).
     cmem_r_free : In(1)
@@ -80,7 +88,9 @@ class Dma(wiring.Component):
     Throughput: LOAD_B, LOAD_P and the program one word per cycle; LOAD_A one word per cycle
     when the row start ``a_base + r·a_stride`` is a multiple of L, else two AMEM writes per
     word; STORE_C four words per (row, tile) in four cycles (five CMEM reads when the row
-    start is not a multiple of L/4).
+    start is not a multiple of L/4); LOAD_C one word per cycle when every row start is a
+    multiple of L/4, else two CMEM writes per word; LOAD_T L/2 cycles per word (one entry per
+    cycle).
     """
     QUEUE_DEPTH = 4
 
@@ -92,11 +102,14 @@ class Dma(wiring.Component):
             "cmd": In(stream.Signature(dma_desc_layout())),
             "idle": Out(1),
             "loads_idle": Out(1),
+            "loads": Out(range(self.QUEUE_DEPTH + 2)),
             "mm_done": In(MM_TAG_BITS),
             "mem": Out(mem_signature(lanes)),
             "bbuf_w": Out(stream.Signature(bbuf_w_layout(lanes))),
             "pbuf_w": Out(stream.Signature(pbuf_w_layout(lanes))),
             "amem_w": Out(stream.Signature(amem_w_layout(pes, lanes))),
+            "cmem_w": Out(stream.Signature(cmem_w_layout(pes, lanes))),
+            "table_w": Out(stream.Signature(table_w_layout())),
             "cmem_r_pe": Out(max(1, (pes - 1).bit_length())),
             "cmem_r_addr": Out(16),
             "cmem_rdata": In(8 * lanes),
@@ -133,7 +146,7 @@ class Dma(wiring.Component):
         load_in = self.cmd.valid & self.cmd.ready & (self.cmd.payload.op != DmaOp.STORE_C)
         load_out = running & done & (d.op != DmaOp.STORE_C)
         m.d.sync += nloads.eq(nloads + load_in - load_out)
-        m.d.comb += self.loads_idle.eq(is_zero(nloads))
+        m.d.comb += [self.loads_idle.eq(is_zero(nloads)), self.loads.eq(nloads)]
 
         # ------------------------------------------------ loads: request generator
         gen_addr = Signal(32)
@@ -153,13 +166,16 @@ class Dma(wiring.Component):
         with m.If(setup):
             m.d.sync += setup.eq(0)
 
-        wpr = (d.k + (L - 1)) >> lsh
+        # Words per row: LOAD_A ⌈k/L⌉, LOAD_C 4 per tile.
+        wpr = Mux(d.op == DmaOp.LOAD_C, d.tiles << 2, (d.k + (L - 1)) >> lsh)
         rows_x_wpr, count_x7 = Signal(33), Signal(35)
         m.d.sync += [rows_x_wpr.eq(d.rows * words_per_row),
                      count_x7.eq((d.count << 3) - d.count)]   # no DSP for ×7
         total = Signal(33)
-        with m.If(d.op == DmaOp.LOAD_A):
+        with m.If((d.op == DmaOp.LOAD_A) | (d.op == DmaOp.LOAD_C)):
             m.d.comb += total.eq(rows_x_wpr)   # ⌈0/L⌉ = 0 when k = 0
+        with m.Elif(d.op == DmaOp.LOAD_T):
+            m.d.comb += total.eq((d.count + (L // 2 - 1)) >> (lsh - 1))
         with m.Elif(d.op == DmaOp.LOAD_P):
             m.d.comb += total.eq(count_x7)
         with m.Elif(d.op == DmaOp.STORE_C):
@@ -202,6 +218,11 @@ class Dma(wiring.Component):
         la_e = Signal(AB)            # element address of the current word
         la_wrem = Signal(16)         # words of the row after this one
         la_last_mask = Signal(L)     # valid elements of a row's last word (k mod L of them)
+        # LOAD_T: entry within the word, entries left.
+        t_j = Signal(range(L // 2))
+        t_left = Signal(10)
+        with m.If(setup):
+            m.d.sync += [t_j.eq(0), t_left.eq(d.count)]
         with m.If(setup):
             m.d.sync += [c_addr.eq(d.base), c_word.eq(0), la_pe.eq(0), la_s.eq(d.base),
                          la_e.eq(d.base),
@@ -228,6 +249,34 @@ class Dma(wiring.Component):
             m.d.sync += w_valid.eq(0)
         with m.Elif(w_fire):
             m.d.sync += w_phase.eq(1)
+        # LOAD_C write stage: the same two phases, with int32 slots of a CMEM row.
+        c_valid, c_phase = Signal(), Signal()
+        c_pe = Signal.like(la_pe)
+        c_row = Signal(16)
+        c_data = Signal(8 * L)
+        c_en1, c_en2 = Signal(cw), Signal(cw)
+        cmw = self.cmem_w.payload
+        m.d.comb += [
+            self.cmem_w.valid.eq(c_valid), cmw.pe.eq(c_pe), cmw.data.eq(c_data),
+            cmw.addr.eq(c_row + c_phase), cmw.en.eq(Mux(c_phase, c_en2, c_en1)),
+        ]
+        c_fire = c_valid & self.cmem_w.ready
+        c_finish = c_fire & (c_phase | ~c_en2.any())
+        c_free = ~c_valid | c_finish
+        with m.If(c_finish):
+            m.d.sync += c_valid.eq(0)
+        with m.Elif(c_fire):
+            m.d.sync += c_phase.eq(1)
+
+        def next_word(step):
+            """LOAD_A / LOAD_C: advance to the next word of the row, or to the next row (the
+            next PE, same local row, or PE 0 of the next local row)."""
+            m.d.sync += [la_wrem.eq(la_wrem - 1), la_e.eq(la_e + step)]
+            with m.If(is_zero(la_wrem)):
+                last_pe = la_pe == P - 1 if P > 1 else 1
+                s_next = Mux(last_pe, la_s + d.stride, la_s)
+                m.d.sync += [la_wrem.eq(words_per_row - 1), la_s.eq(s_next), la_e.eq(s_next),
+                             la_pe.eq(Mux(last_pe, 0, la_pe + 1))]
 
         with m.If(is_zero(d.op)):
             m.d.comb += [
@@ -264,6 +313,36 @@ class Dma(wiring.Component):
                 m.d.sync += [shift.eq(instr), c_word.eq(c_word + 1)]
                 with m.If(word_last):
                     m.d.sync += [c_word.eq(0), c_addr.eq(c_addr + 1)]
+        with m.Elif(d.op == DmaOp.LOAD_C):
+            # A word is L/4 int32 of one row (CMEM element la_e on): rotate them by
+            # la_e mod L/4 and write rows la_e div (L/4) and, wrapped, the next one.
+            upper = Signal(cw)
+            if csh:
+                off = la_e[:csh]
+                slots = [r_data[32 * j:32 * j + 32] for j in range(cw)]
+                csrc = [Signal(csh, name=f"lc_src{s}") for s in range(cw)]
+                m.d.comb += [csrc[s].eq(s - off) for s in range(cw)]
+                rot = Cat(*(pick(slots, csrc[s]) for s in range(cw)))
+                m.d.comb += upper.eq(Const((1 << cw) - 1, cw) << off)
+            else:
+                rot = r_data
+                m.d.comb += upper.eq(1)
+            m.d.comb += r_done.eq(r_valid & c_free)
+            with m.If(r_done):
+                m.d.sync += [c_valid.eq(1), c_pe.eq(la_pe), c_row.eq(la_e >> csh),
+                             c_data.eq(rot), c_en1.eq(upper), c_en2.eq(~upper), c_phase.eq(0)]
+                next_word(cw)
+        with m.Elif(d.op == DmaOp.LOAD_T):
+            # L/2 int16 entries per word, one written per cycle (the low 9 bits: int9).
+            tw = self.table_w.payload
+            entry = pick([r_data[16 * j:16 * j + 9] for j in range(L // 2)], t_j)
+            last_entry = (t_j == L // 2 - 1) | (t_left == 1)
+            fire = r_valid & self.table_w.ready
+            m.d.comb += [self.table_w.valid.eq(r_valid), tw.addr.eq(c_addr), tw.data.eq(entry),
+                         r_done.eq(fire & last_entry)]
+            with m.If(fire):
+                m.d.sync += [c_addr.eq(c_addr + 1), t_left.eq(t_left - 1),
+                             t_j.eq(Mux(last_entry, 0, t_j + 1))]
         with m.Else():   # LOAD_A (STORE_C has no responses)
             # Elements go to slots (e + j) mod L of rows e div L and (e div L) + 1: rotate
             # the word by e mod L, write the upper slots first, then the wrapped ones.
@@ -287,13 +366,7 @@ class Dma(wiring.Component):
             with m.If(r_done):
                 m.d.sync += [w_valid.eq(1), w_pe.eq(la_pe), w_row.eq(la_e >> lsh),
                              w_data.eq(rot), w_en1.eq(en1), w_en2.eq(en2), w_phase.eq(0)]
-                m.d.sync += [la_wrem.eq(la_wrem - 1), la_e.eq(la_e + L)]
-                with m.If(is_zero(la_wrem)):
-                    # Next row n + 1: next PE, same local row, or PE 0 of the next one.
-                    last_pe = la_pe == P - 1 if P > 1 else 1
-                    s_next = Mux(last_pe, la_s + d.stride, la_s)
-                    m.d.sync += [la_wrem.eq(words_per_row - 1), la_s.eq(s_next), la_e.eq(s_next),
-                                 la_pe.eq(Mux(last_pe, 0, la_pe + 1))]
+                next_word(L)
 
         # ------------------------------------------------ STORE_C
         # Reader: CMEM rows into a small FIFO (a read is issued only with room for it); sender:
@@ -369,7 +442,7 @@ class Dma(wiring.Component):
                                 ~sfifo.r_rdy)
         with m.Else():
             m.d.comb += done.eq(~in_setup & is_zero(gen_left) & is_zero(expect) &
-                                ~r_valid & ~w_valid)
+                                ~r_valid & ~w_valid & ~c_valid)
         with m.If(running & done):
             m.d.sync += running.eq(0)
         return m

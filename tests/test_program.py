@@ -609,7 +609,8 @@ def test_cost_model_overlap():
     asm.matmul(rows=8, k=16, tiles=2, out_base=64)
     asm.halt()
     c = CostModel().run(asm.program, cfg)
-    assert c["ARRAY_CYCLES"] == 128 + 1 + 128 + 4 + 16
+    from hw.pe import PE   # the drain tail: L + MAC_LATENCY + D_Y + 1
+    assert c["ARRAY_CYCLES"] == 128 + 1 + 128 + 4 + PE.MAC_LATENCY + PE.D_Y + 1
     alone = Assembler(cfg)
     alone.matmul(rows=8, k=16, tiles=2)
     alone.matmul(rows=8, k=16, tiles=2, out_base=64)

@@ -1,6 +1,6 @@
 """``python -m sim.run {softmax,layernorm,attention,mhsa,ffn,encoder}``: float npz in, the
 compiled program on a backend, dequantized npz out — bit-exact with the golden model on the
-interpreter (and, with ``-m slow``, on amaranth at P×L = 2×4); bad input is one ``error:`` line and exit 2 (fixed seeds)."""
+interpreter and on amaranth at P×L = 2×4; bad input is one ``error:`` line and exit 2 (fixed seeds)."""
 import json
 import subprocess
 import sys
@@ -95,15 +95,26 @@ def test_cli_op_help_lists_the_keys():
         assert key in res.stdout
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not HW_OK, reason=f"hardware top not available: {HW_WHY}")
-@pytest.mark.parametrize("op", ["softmax", "layernorm", "attention"])
+@pytest.mark.parametrize("op", OPS)
 def test_cli_op_on_amaranth(tmp_path, op):
+    """Every operation through the CLI on the Amaranth simulator at P×L = 2×4 (small shapes:
+    about 1.5 s each for softmax/layernorm/attention, more for the layer blocks)."""
     rng = np.random.default_rng(6)
-    arrays = {"softmax": dict(x=rng.normal(0, 3, (5, 7))),
-              "layernorm": dict(x=rng.normal(0, 2, (5, 6)), gamma=np.ones(6), beta=np.zeros(6)),
-              "attention": dict(q=rng.normal(0, 1, (5, 4)), k=rng.normal(0, 1, (5, 4)),
-                                v=rng.normal(0, 1, (5, 4)))}[op]
+
+    def w(*s, sc=1.0):
+        return rng.normal(0, sc, s)
+    N, D, F = 5, 8, 16
+    att = dict(x=w(N, D), wq=w(D, D, sc=D ** -.5), wk=w(D, D, sc=D ** -.5),
+               wv=w(D, D, sc=D ** -.5), wo=w(D, D, sc=D ** -.5), bo=w(D, sc=.1), heads=2)
+    ff = dict(w1=w(F, D, sc=D ** -.5), b1=w(F, sc=.1), w2=w(D, F, sc=F ** -.5), b2=w(D, sc=.1))
+    arrays = {"softmax": dict(x=w(5, 7, sc=3)),
+              "layernorm": dict(x=w(5, 6, sc=2), gamma=np.ones(6), beta=np.zeros(6)),
+              "attention": dict(q=w(5, 4), k=w(5, 4), v=w(5, 4)),
+              "mhsa": att,
+              "ffn": dict(x=w(N, D), **ff),
+              "encoder": dict(**att, **ff, gamma1=1 + w(D, sc=.1), beta1=w(D, sc=.1),
+                              gamma2=1 + w(D, sc=.1), beta2=w(D, sc=.1))}[op]
     inp = save_npz(tmp_path / "in.npz", arrays)
     stats = tmp_path / "s.json"
     main([op, "--backend", "amaranth", "--pes", "2", "--lanes", "4", "--inputs", inp,
