@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -350,6 +351,8 @@ def build_harness(config, *, trace=None, accelerator=None):
                "-MAKEFLAGS", MAKEFLAGS,
                "-Mdir", str(work / "obj"), "-o", str(exe),
                "-CFLAGS", f"-I{work}", str(vpath), str(HARNESS)]
+        print(f"building the Verilator model of {config.key()} (once per configuration and "
+              f"source digest, 1–3 min) into {work}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True, env=_env_with_verilator())
         (work / "build.log").write_text(res.stdout + res.stderr)

@@ -173,11 +173,16 @@ def _features(paths):
     return np.stack([mfcc(read_wav(p)) for p in paths])
 
 
+def _is_simulated(backend):
+    return getattr(backend, "backend", None) is not None
+
+
 def _run_all(backend, paths, progress):
     results = []
     bar = tqdm(total=len(paths), unit="clip", disable=not progress, file=sys.stderr)
-    for i in range(0, len(paths), BATCH):
-        chunk = paths[i:i + BATCH]
+    step = 1 if _is_simulated(backend) else BATCH   # simulated hardware: seconds per clip
+    for i in range(0, len(paths), step):
+        chunk = paths[i:i + step]
         results += backend.run(_features(chunk))
         bar.update(len(chunk))
     bar.close()
@@ -197,7 +202,9 @@ def _select(items, limit, seed=0):
 
 def cmd_predict(args, backend):
     paths = [Path(p) for p in args.wav]
-    results = _run_all(backend, paths, progress=len(paths) > BATCH)
+    # a simulated-hardware run takes seconds per clip: show progress from two clips on
+    results = _run_all(backend, paths,
+                       progress=len(paths) > (1 if _is_simulated(backend) else BATCH))
     out = [{"file": str(p), **r} for p, r in zip(paths, results)]
     if args.json:
         print(json.dumps(out))
