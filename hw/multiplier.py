@@ -6,13 +6,13 @@ unused, so every product pays fabric register → DSP routing → multiplier →
 routing in one cycle (≈ 7.5 ns on an LFE5U-85F, the lane's limit). Instantiating the block with
 its input/output registers enabled keeps the multiply inside the DSP, between its own registers.
 """
-from amaranth.hdl import ClockSignal, Const, Instance, Module, ResetSignal, Shape, Signal, signed
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, Module, Mux, ResetSignal, Shape, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .params import check_int
 
-__all__ = ["Multiplier", "product_shape", "is_ecp5", "mult18x18d_model", "write_mult18x18d_model"]
+__all__ = ["Multiplier", "FabricMultiplier", "product_shape", "is_ecp5", "mult18x18d_model", "write_mult18x18d_model"]
 
 
 def product_shape(a_shape, b_shape):
@@ -215,3 +215,138 @@ def write_mult18x18d_model(path):
     tmp.write_text(mult18x18d_model())
     tmp.replace(path)
     return path
+
+
+def _booth_digits(b_shape):
+    """Radix-4 Booth digits needed for an operand of ``b_shape`` (as a signed value)."""
+    w = b_shape.width + (0 if b_shape.signed else 1)
+    return (w + 1) // 2
+
+
+def _dadda_heights(h):
+    """Dadda's height targets below ``h`` (…, 9, 6, 4, 3, 2), largest first."""
+    d = [2]
+    while d[-1] * 3 // 2 < h:
+        d.append(d[-1] * 3 // 2)
+    return d[::-1]
+
+
+def _compress(columns, target):
+    """One Dadda step: full/half adders (XOR/majority logic, no ``+``) until every column has at
+    most ``target`` bits; bits carried past the last column are dropped (arithmetic mod 2^W)."""
+    out = [[] for _ in columns]
+    carry = []
+    for j, col in enumerate(columns):
+        bits = list(col)
+        here = carry
+        carry = []
+        while len(bits) + len(here) > target:
+            if len(bits) + len(here) - target >= 2 and len(bits) >= 3:
+                x, y, z = bits.pop(), bits.pop(), bits.pop()
+                here.append(x ^ y ^ z)
+                carry.append((x & y) | (x & z) | (y & z))
+            elif len(bits) >= 2:
+                x, y = bits.pop(), bits.pop()
+                here.append(x ^ y)
+                carry.append(x & y)
+            else:   # pragma: no cover - a column never needs more than the carries it gets
+                raise AssertionError("column cannot be compressed")
+        out[j] = bits + here
+    return out
+
+
+class FabricMultiplier(wiring.Component):
+    """``p = a·b`` in fabric logic (no DSP), three register levels, one product per cycle.
+
+    For products that must not take a DSP block (on ECP5 yosys maps every ``*`` to a
+    ``MULT18X18D``; the LFE5U-85F has 156 of them). The product is written as explicit partial
+    products and adders, so that no tool sees a multiplication:
+
+    1. radix-4 Booth recoding of ``b`` (⌈w/2⌉ digits in −2…2 for a w-bit signed ``b``; an
+       unsigned ``b`` counts one bit wider) selecting ``±a``, ``±2a`` or 0 per digit (the
+       negation as an inverted row plus a 1 in the lowest column of the row, folded into a
+       free column of the next row), registered;
+    2. Dadda column compression (full and half adders: LUT logic, no carry chains) of the
+       rows, sign-extended to the product width, down to three rows, registered;
+    3. one more full-adder level and the carry-propagate addition, registered into ``p``.
+
+    Parameters
+    ----------
+    a_shape, b_shape : Shape
+        Operand shapes (keyword-only), any signedness, 1…64 bits each.
+
+    Ports
+    -----
+    a : In(a_shape)
+    b : In(b_shape)
+    p : Out(:func:`product_shape` ``(a_shape, b_shape)``)
+        The exact product of the operands presented :attr:`LATENCY` clock edges earlier (the
+        registers reset to 0).
+
+    Cost on ECP5 for a 33 × 17-bit signed product (``hw.pe.MulRound``'s): see
+    docs/architecture.md, *Timing and resources*.
+    """
+    LATENCY = 3
+
+    def __init__(self, *, a_shape, b_shape):
+        for name, shape in (("a_shape", a_shape), ("b_shape", b_shape)):
+            try:
+                s = Shape.cast(shape)
+            except TypeError as e:
+                raise TypeError(f"{name} must be a shape, not {shape!r}") from e
+            if not 1 <= s.width <= 64:
+                raise ValueError(f"{name} must be 1…64 bits wide, not {s}")
+        self._a_shape = Shape.cast(a_shape)
+        self._b_shape = Shape.cast(b_shape)
+        self._p_shape = product_shape(self._a_shape, self._b_shape)
+        super().__init__({"a": In(self._a_shape), "b": In(self._b_shape), "p": Out(self._p_shape)})
+
+    a_shape = property(lambda self: self._a_shape, doc="Shape of ``a``.")
+    b_shape = property(lambda self: self._b_shape, doc="Shape of ``b``.")
+    p_shape = property(lambda self: self._p_shape, doc="Shape of the product ``p``.")
+    latency = property(lambda self: self.LATENCY, doc="Register levels from ``a``/``b`` to ``p``.")
+
+    def elaborate(self, platform):
+        m = Module()
+        W = self._p_shape.width
+        n = _booth_digits(self._b_shape)
+        wa = self._a_shape.width + (0 if self._a_shape.signed else 1)   # a as a signed value
+        wr = wa + 1                                                     # ±2a as a signed value
+        a = Signal(signed(wa))
+        m.d.comb += a.eq(self.a)
+        # b sign- (or zero-) extended to 2n bits, with a 0 below bit 0.
+        bs = Signal(signed(2 * n))
+        m.d.comb += bs.eq(self.b)
+        bx = Cat(Const(0, 1), bs)
+        # Stage 1: per digit, the selected multiple (inverted when negative) and the sign.
+        rows = [Signal(signed(wr), name=f"row{k}") for k in range(n)]
+        neg = [Signal(name=f"neg{k}") for k in range(n)]
+        for k in range(n):
+            b0, b1, b2 = bx[2 * k], bx[2 * k + 1], bx[2 * k + 2]
+            one = b0 ^ b1
+            two = (b2 & ~b1 & ~b0) | (~b2 & b1 & b0)
+            sel = Mux(one, a, Mux(two, a << 1, 0))
+            m.d.sync += [rows[k].eq(sel.as_unsigned() ^ Mux(b2, (1 << wr) - 1, 0)), neg[k].eq(b2)]
+        # The row bits by column, sign-extended to W (identical sign-extension logic merges);
+        # row k's negation bit sits in column 2k of row k + 1 (free there), the last one alone.
+        columns = [[] for _ in range(W)]
+        for k in range(n):
+            for j in range(2 * k, W):
+                i = j - 2 * k
+                columns[j].append(rows[k][min(i, wr - 1)])
+            if 2 * k < W:
+                columns[2 * k].append(neg[k])
+        # Stage 2: compress to at most three bits per column.
+        for target in _dadda_heights(max(len(c) for c in columns)):
+            if target < 3:
+                break
+            columns = _compress(columns, target)
+        r2 = [Signal(W, name=f"csa{k}") for k in range(3)]
+        for j, col in enumerate(columns):
+            for k in range(3):
+                m.d.sync += r2[k][j].eq(col[k] if k < len(col) else 0)
+        # Stage 3: the last full-adder level and the carry-propagate adder.
+        s = r2[0] ^ r2[1] ^ r2[2]
+        c = ((r2[0] & r2[1]) | (r2[0] & r2[2]) | (r2[1] & r2[2]))[:W - 1]
+        m.d.sync += self.p.eq((s + Cat(Const(0, 1), c))[:W])
+        return m

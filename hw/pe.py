@@ -14,7 +14,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .isa import Sat
-from .multiplier import Multiplier
+from .multiplier import FabricMultiplier, Multiplier
 from .params import check_choice, check_int
 
 __all__ = ["MulRound", "Requant", "PE", "SAT_BOUNDS", "LANE_CHOICES", "InitMode", "BankedRam",
@@ -217,15 +217,19 @@ class MulRound(wiring.Component):
     """``q = rshift_round(x·m + c, sh)``, exact, one result per cycle, fixed latency.
 
     A fixed-latency pipeline without flow control: the inputs of one cycle come out
-    :attr:`latency` cycles later on ``q``. ``x·m`` is split over two multipliers
+    :attr:`latency` cycles later on ``q``. With ``dsp``, ``x·m`` is split over two multipliers
     (``x = xh·2^16 + xl``: signed 17 × signed 17 and unsigned 16 × signed 17, one 18×18 DSP
-    each with its input and output registers, ``hw.multiplier.Multiplier``).
+    each with its input and output registers, ``hw.multiplier.Multiplier``); without, it is
+    one :class:`hw.multiplier.FabricMultiplier` (LUT logic, three stages like the DSPs and the
+    sum of their halves), so that a PE fits the LFE5U-85F's 156 DSPs at P = 8, L = 16.
 
     Parameters (keyword-only)
     -------------------------
     addend : bool
         With the ``c`` input (one more stage: ``c`` is added to the low partial product before
-        the halves are summed, so no stage has two carry chains in series).
+        the halves are summed, so no stage has two carry chains in series). Needs ``dsp``.
+    dsp : bool
+        The product in two DSPs (default) or in fabric logic; same latency and results.
 
     Ports
     -----
@@ -239,8 +243,9 @@ class MulRound(wiring.Component):
     q : Out(signed(50))
         The result (|x·m + c| < 2^49).
 
-    Stages: 1–2 the DSPs; [3 ``lo + c``]; sum of the halves; shift right by ``sh − 1``
-    (clamped at 49) keeping the rounding bit; round half up.
+    Stages: 1–2 the DSPs; [3 ``lo + c``]; sum of the halves (fabric: 1–3 the
+    ``FabricMultiplier``); shift right by ``sh − 1`` (clamped at 49) keeping the rounding bit;
+    round half up.
     """
     Q_BITS = 50
 
@@ -248,10 +253,15 @@ class MulRound(wiring.Component):
     def latency_of(addend):
         return 6 if addend else 5
 
-    def __init__(self, *, addend=False):
+    def __init__(self, *, addend=False, dsp=True):
         if not isinstance(addend, bool):
             raise TypeError(f"addend must be a bool, not {addend!r}")
+        if not isinstance(dsp, bool):
+            raise TypeError(f"dsp must be a bool, not {dsp!r}")
+        if addend and not dsp:
+            raise ValueError("addend=True needs dsp=True (the fabric product has no addend stage)")
         self._addend = addend
+        self._dsp = dsp
         sig = {"x": In(signed(33)), "m": In(signed(17)), "sh": In(unsigned(8)),
                "q": Out(signed(self.Q_BITS))}
         if addend:
@@ -259,6 +269,7 @@ class MulRound(wiring.Component):
         super().__init__(sig)
 
     addend = property(lambda self: self._addend)
+    dsp = property(lambda self: self._dsp)
     latency = property(lambda self: self.latency_of(self._addend))
 
     def elaborate(self, platform):
@@ -277,18 +288,23 @@ class MulRound(wiring.Component):
         ]
         m.d.sync += [shm[k + 1].eq(shm[k]) for k in range(2, lat - 2)]
         m.d.sync += [shnz[k + 1].eq(shnz[k]) for k in range(2, lat - 1)]
-        m.submodules.mul_hi = mh = Multiplier(a_shape=signed(17), b_shape=signed(17), latency=2)
-        m.submodules.mul_lo = ml = Multiplier(a_shape=unsigned(16), b_shape=signed(17),
-                                              latency=2)
-        m.d.comb += [mh.ce.eq(1), ml.ce.eq(1), mh.a.eq(self.x[16:].as_signed()), mh.b.eq(self.m),
-                     ml.a.eq(self.x[:16]), ml.b.eq(self.m)]
-        p = Signal(signed(self.Q_BITS))      # x·m (+ c)
-        if self._addend:
-            lo3 = Signal(signed(35))
-            hi3 = Signal(signed(34))
-            m.d.sync += [lo3.eq(ml.p + self.c), hi3.eq(mh.p), p.eq((hi3 << 16) + lo3)]
+        p = Signal(signed(self.Q_BITS))      # x·m (+ c), stage lat − 2
+        if not self._dsp:
+            m.submodules.mul = fm = FabricMultiplier(a_shape=signed(33), b_shape=signed(17))
+            m.d.comb += [fm.a.eq(self.x), fm.b.eq(self.m), p.eq(fm.p)]
         else:
-            m.d.sync += p.eq((mh.p << 16) + ml.p)
+            m.submodules.mul_hi = mh = Multiplier(a_shape=signed(17), b_shape=signed(17),
+                                                  latency=2)
+            m.submodules.mul_lo = ml = Multiplier(a_shape=unsigned(16), b_shape=signed(17),
+                                                  latency=2)
+            m.d.comb += [mh.ce.eq(1), ml.ce.eq(1), mh.a.eq(self.x[16:].as_signed()),
+                         mh.b.eq(self.m), ml.a.eq(self.x[:16]), ml.b.eq(self.m)]
+            if self._addend:
+                lo3 = Signal(signed(35))
+                hi3 = Signal(signed(34))
+                m.d.sync += [lo3.eq(ml.p + self.c), hi3.eq(mh.p), p.eq((hi3 << 16) + lo3)]
+            else:
+                m.d.sync += p.eq((mh.p << 16) + ml.p)
         t = Signal(signed(self.Q_BITS))
         m.d.sync += [
             # Shift right by sh − 1: bit 0 is then the rounding bit.
@@ -631,7 +647,11 @@ class PE(wiring.Component):
         # --- the row unit, and the two multipliers it shares with the drain: S1 (row scale)
         # and S2 (requantizer). `row` is constant while a row operation runs.
         m.submodules.rowdp = rd = RowDatapath()
-        m.submodules.s1 = s1 = MulRound(addend=False)
+        # S1's product in fabric logic, so that a PE takes L + 2 DSPs (the lanes and S2): 144 at
+        # P = 8, L = 16 of the LFE5U-85F's 156. On iCE40 (few LUTs, the UP5K's 8 DSPs hold
+        # L + 4 at L = 4) in DSPs; both give the same results (tests/test_pe.py).
+        s1_dsp = getattr(platform, "family", None) == "ice40"
+        m.submodules.s1 = s1 = MulRound(addend=False, dsp=s1_dsp)
         m.submodules.requant = s2 = Requant()
 
         # Row scale (D4): the entry of the tile's row, read in D2.

@@ -14,7 +14,7 @@ from amaranth.sim import Simulator
 from cocotb.triggers import FallingEdge
 
 from hw.lane import M_SHAPE, Lane
-from hw.multiplier import Multiplier, is_ecp5, product_shape, write_mult18x18d_model
+from hw.multiplier import FabricMultiplier, Multiplier, is_ecp5, product_shape, write_mult18x18d_model
 from hw.synth import target_platform
 from tb.cocotb_util import load_vectors, save_results, start
 from tb.runner import BUILD_DIR, emit, lint, run_cocotb, simulators
@@ -214,3 +214,58 @@ def test_lane_ecp5_cocotb():
                vectors={"lo": np.array([w & mask for w in words], dtype=np.uint64),
                         "hi": np.array([w >> 64 for w in words], dtype=np.uint64),
                         "expected": exp})
+
+
+# ---- FabricMultiplier ------------------------------------------------------------------------
+
+FABRIC_SHAPES = [(signed(33), signed(17)), (unsigned(16), signed(17)), (signed(9), unsigned(8)),
+                 (unsigned(5), unsigned(3)), (signed(1), signed(1)), (signed(18), signed(2)),
+                 (unsigned(1), signed(6))]
+
+
+def _range(shape):
+    return ((-(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1) if shape.signed
+            else (0, (1 << shape.width) - 1))
+
+
+@pytest.mark.parametrize("a_shape,b_shape", FABRIC_SHAPES)
+def test_fabric_multiplier_exact(a_shape, b_shape):
+    """Random operands, the extremes and 0/±1 of both, one product per cycle, latency 3."""
+    rng = np.random.default_rng(a_shape.width * 100 + b_shape.width)
+    (alo, ahi), (blo, bhi) = _range(a_shape), _range(b_shape)
+    edges_a = sorted({alo, ahi, 0, min(ahi, 1), max(alo, -1)})
+    edges_b = sorted({blo, bhi, 0, min(bhi, 1), max(blo, -1)})
+    pairs = [(x, y) for x in edges_a for y in edges_b]
+    pairs += [(int(x), int(y)) for x, y in zip(rng.integers(alo, ahi + 1, 600),
+                                               rng.integers(blo, bhi + 1, 600))]
+    dut = FabricMultiplier(a_shape=a_shape, b_shape=b_shape)
+    assert dut.p_shape == product_shape(a_shape, b_shape) and dut.latency == 3
+    got = []
+
+    async def bench(ctx):
+        for t in range(len(pairs) + dut.latency):
+            if t < len(pairs):
+                ctx.set(dut.a, pairs[t][0])
+                ctx.set(dut.b, pairs[t][1])
+            if t == 0:
+                assert ctx.get(dut.p) == 0          # registers reset to 0
+            await ctx.tick()
+            got.append(ctx.get(dut.p))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got[dut.latency - 1:dut.latency - 1 + len(pairs)] == [x * y for x, y in pairs]
+
+
+def test_fabric_multiplier_has_no_multiplication():
+    """Neither the portable nor the ECP5 elaboration contains a `*` (yosys would map it to a
+    DSP), and bad shapes are rejected."""
+    for platform in (None, ECP5):
+        text = rtlil.convert(FabricMultiplier(a_shape=signed(33), b_shape=signed(17)), platform=platform)
+        assert "$mul" not in text and "MULT18X18D" not in text
+    with pytest.raises(ValueError, match="a_shape"):
+        FabricMultiplier(a_shape=signed(65), b_shape=signed(8))
+    with pytest.raises(TypeError, match="b_shape"):
+        FabricMultiplier(a_shape=signed(8), b_shape="x")

@@ -92,10 +92,14 @@ def test_requant_and_mulround_full_width():
     got = run_pipeline(Requant(), cases, Requant.LATENCY,
                        {"c": Requant.C_STAGE, "a": Requant.A_STAGE})
     assert got == [requant_model(**c) for c in cases]
-    # The row scale's multiplier alone: the full 50-bit result, no addend.
-    s1 = MulRound(addend=False)
-    got = run_pipeline(s1, cases, s1.latency, {})
-    assert got == [mulround_model(c["x"], c["m"], c["sh"]) for c in cases]
+    # The row scale's multiplier alone: the full 50-bit result, no addend, with its product in
+    # DSPs and in fabric logic (the PE's S1).
+    for dsp in (True, False):
+        s1 = MulRound(addend=False, dsp=dsp)
+        got = run_pipeline(s1, cases, s1.latency, {})
+        assert got == [mulround_model(c["x"], c["m"], c["sh"]) for c in cases], dsp
+    with pytest.raises(ValueError, match="addend=True needs dsp=True"):
+        MulRound(addend=True, dsp=False)
 
 
 class PEDriver:
