@@ -28,6 +28,7 @@ class Op(enum.IntEnum):
     SOFTMAX = 0x30   # row operation: attention weights + row scales, or (NORM) probabilities
     LAYERNORM = 0x31  # row operation: LayerNorm of int16 rows
     RADD = 0x32      # row operation: residual add with per-column rescale
+    RECIP = 0x33     # row operation: row scale RS[r] from a reciprocal (linear attention)
 
 
 class Dst(enum.IntEnum):
@@ -36,6 +37,7 @@ class Dst(enum.IntEnum):
     AMEM = 1         # requantized, PE-local A memory ("new A = C")
     BBUF_ROWS = 2    # requantized int8, row-wise into the shared buffer (V)
     BBUF_T = 3       # requantized int8, transposed into the shared buffer (Kᵀ)
+    AMEM_T = 4       # requantized, transposed into the PEs' A memories (φ(K)ᵀ)
 
 
 class Sat(enum.IntEnum):
@@ -52,7 +54,7 @@ class Flag(enum.IntFlag):
     RSCALE = 8       # MATMUL: scale row r by the row-scale entry RS[r] before the requantization
     NORM = 8         # SOFTMAX: normalized probabilities (an alias of bit 3)
     REQ = 16         # MATMUL dst CMEM: store the requantized, saturated value
-    ACT = 32         # MATMUL dst AMEM, sat INT8: look the result up in activation table imm[0]
+    ACT = 32         # MATMUL dst AMEM/AMEM_T, sat INT8: look the result up in activation table imm[0]
 
 
 class ErrorCode(enum.IntEnum):

@@ -30,7 +30,7 @@ from hw.isa import Dst, Op, Sat
 
 from .errors import InputError
 from .golden.fixed import INT8, INT9, INT16, INT32
-from .program import (LOAD_OPS, MAX_ROW_K, RS_ENTRIES, TABLE_ENTRIES, AccelConfig, Assembler,
+from .program import (LOAD_OPS, MAX_ROW_K, ROW_OPS, RS_ENTRIES, TABLE_ENTRIES, AccelConfig, Assembler,
                       CostModel, ImageBuilder, Job, OutputBlock, _ceil, a_words, accesses,
                       b_words, c_words, lag_of, param_words, t_words)
 
@@ -154,7 +154,7 @@ def section_cycles(job, cost=None):
         last = idx == len(job.sections) - 1
         ends = [times[pc][1] for pc in range(lo, min(hi, len(times)))
                 if job.program.instrs[pc]["op"] == Op.MATMUL
-                or job.program.instrs[pc]["op"] in (Op.SOFTMAX, Op.LAYERNORM, Op.RADD)]
+                or job.program.instrs[pc]["op"] in ROW_OPS]
         end = counters["CYCLES"] if last else max(ends, default=prev)
         out[name] = max(0, end - prev)
         prev = max(prev, end)
@@ -214,13 +214,13 @@ class Hazards:
         if op in (Op.SYNC, Op.HALT):
             for e in self.entries:
                 e["done"] = True
-        elif op == Op.MATMUL or op in (Op.SOFTMAX, Op.LAYERNORM, Op.RADD):
+        elif op == Op.MATMUL or op in ROW_OPS:
             loads = self._pending_loads()
             for e in loads[:max(0, len(loads) - lag_of(instr))]:
                 e["done"] = True
             mms = [e for e in self.entries if e["op"] == Op.MATMUL and not e["done"]]
             for e in self.entries:
-                if e["op"] in (Op.SOFTMAX, Op.LAYERNORM, Op.RADD):
+                if e["op"] in ROW_OPS:
                     e["done"] = True
             if op != Op.MATMUL:
                 for e in mms:
@@ -250,7 +250,7 @@ def check_program(program, cfg):
                 if not hz.free(a[:3]):
                     problems.append((pc, f"{op.name} into {a[0]} {a[1]}…{a[2]} while an "
                                          f"unfinished instruction uses it"))
-        elif op == Op.MATMUL or op in (Op.SOFTMAX, Op.LAYERNORM, Op.RADD):
+        elif op == Op.MATMUL or op in ROW_OPS:
             need = hz.lag(i)
             if lag_of(i) > need:
                 problems.append((pc, f"{op.name} lag {lag_of(i)} > {need} (a load it needs "

@@ -40,7 +40,7 @@ from .golden import matmul as golden_matmul
 from .golden import requant as golden_requant
 from .golden import rsqrt as golden_rsqrt
 from .golden import softmax as golden_softmax
-from .golden.attention import mantissa15
+from .golden.attention import DEN_MIN, mantissa15
 from .golden.divide import divide as golden_divide
 from .golden.fixed import INT8, INT9, INT16, INT32, UINT8, clip, rshift_round
 from .golden.mac import MAX_K, wrap32
@@ -59,7 +59,7 @@ C_TILE_WORDS = 4          # STORE_C: one row's L int32 of one tile
 AMEM_BITS = 9
 BBUF_BITS = 8
 MATMUL_FLAGS = int(Flag.BIAS | Flag.ACCUM | Flag.RELU | Flag.RSCALE | Flag.REQ | Flag.ACT)
-ROW_OPS = (Op.SOFTMAX, Op.LAYERNORM, Op.RADD)
+ROW_OPS = (Op.SOFTMAX, Op.LAYERNORM, Op.RADD, Op.RECIP)
 LOAD_OPS = (Op.LOAD_A, Op.LOAD_B, Op.LOAD_P, Op.LOAD_C, Op.LOAD_T)
 RS_ENTRIES = 256             # row-scale entries per PE
 TABLE_ENTRIES = 512          # activation table: two tables of 256 int9
@@ -356,6 +356,11 @@ class Assembler:
                           flags=Flag.NORM if norm else 0, imm=int(c_e) | int(sh_e) << 16,
                           ext_addr=self._lag(lag))
 
+    def recip(self, *, rows, a_base=0, a_stride=1, lag=0):
+        """Row scales RS[r] from the int32 denominators ``CMEM[a_base + r·a_stride]``."""
+        return self._emit(Op.RECIP, rows=rows, k=1, a_base=a_base, a_stride=a_stride,
+                          dst=int(Dst.CMEM), ext_addr=self._lag(lag))
+
     def layernorm(self, *, rows, k, a_base=0, a_stride=None, out_base=0, out_stride=None,
                   dst=Dst.AMEM, p_base=0, r_d, E, sat=Sat.INT9, lag=0):
         """PBUF tiles ``p_base…``: bias = B_j, m = G_j (signed), sh = the output shift."""
@@ -453,14 +458,16 @@ def static_check(i, cfg):
             return ErrorCode.BAD_FIELD, "ACCUM needs dst CMEM or AMEM"
         if flags & Flag.REQ and dst != Dst.CMEM:
             return ErrorCode.BAD_FIELD, "REQ needs dst CMEM"
-        if flags & Flag.ACT and (dst != Dst.AMEM or sat != Sat.INT8):
-            return ErrorCode.BAD_FIELD, "ACT needs dst AMEM and sat INT8"
+        if flags & Flag.ACT and (dst not in (Dst.AMEM, Dst.AMEM_T) or sat != Sat.INT8):
+            return ErrorCode.BAD_FIELD, "ACT needs dst AMEM or AMEM_T and sat INT8"
         if flags & Flag.RSCALE and dst == Dst.CMEM and not flags & Flag.REQ:
             return ErrorCode.BAD_FIELD, "RSCALE with dst CMEM needs REQ"
         if flags & Flag.RSCALE and R > RS_ENTRIES:
             return ErrorCode.BAD_FIELD, f"RSCALE with {R} row passes (> {RS_ENTRIES})"
-        if dst == Dst.AMEM and sat == Sat.INT16:
+        if dst in (Dst.AMEM, Dst.AMEM_T) and sat == Sat.INT16:
             return ErrorCode.BAD_FIELD, "AMEM holds int9: sat INT16 is not allowed"
+        if dst == Dst.AMEM_T and (flags & Flag.ACCUM or i["out_base"] % L or i["out_stride"] % L):
+            return ErrorCode.BAD_FIELD, "AMEM_T: no ACCUM; out_base and out_stride multiples of L"
         if dst in (Dst.BBUF_ROWS, Dst.BBUF_T) and sat != Sat.INT8:
             return ErrorCode.BAD_FIELD, "BBUF holds int8: sat must be INT8"
         over(ErrorCode.AMEM_RANGE, "A read", i["a_base"] + rm1 * i["a_stride"] + K,
@@ -469,9 +476,11 @@ def static_check(i, cfg):
             o_end = i["out_base"] + (T - 1) * i["out_stride"] + M
         elif dst == Dst.BBUF_T:
             o_end = i["out_base"] + (_ceil(M, L) - 1) * i["out_stride"] + N
+        elif dst == Dst.AMEM_T:
+            o_end = i["out_base"] + (_ceil(N, P) - 1) * i["out_stride"] + M
         else:
             o_end = i["out_base"] + rm1 * i["out_stride"] + N
-        if dst == Dst.AMEM:
+        if dst in (Dst.AMEM, Dst.AMEM_T):
             over(ErrorCode.AMEM_RANGE, "AMEM write", o_end, cfg.amem_depth)
         if dst == Dst.CMEM or flags & Flag.ACCUM:
             over(ErrorCode.CMEM_RANGE, "CMEM write" if dst == Dst.CMEM else "CMEM start-value read",
@@ -496,6 +505,15 @@ def static_check(i, cfg):
                 return ErrorCode.BAD_FIELD, "AMEM holds int9: sat INT16 is not allowed"
         if op == Op.SOFTMAX and not flags & Flag.NORM and R > RS_ENTRIES:
             return ErrorCode.BAD_FIELD, f"SOFTMAX with {R} local rows (> {RS_ENTRIES} row scales)"
+        if op == Op.RECIP:
+            if k != 1 or dst != Dst.CMEM:
+                return ErrorCode.BAD_FIELD, "RECIP: k must be 1 and dst CMEM (it writes RS only)"
+            if R > RS_ENTRIES:
+                return ErrorCode.BAD_FIELD, f"RECIP with {R} local rows (> {RS_ENTRIES} row scales)"
+            over(ErrorCode.CMEM_RANGE, "CMEM read", i["a_base"] + rm1 * i["a_stride"] + 1,
+                 cfg.cmem_depth)
+            errs.sort(key=lambda e: e[0])
+            return errs[0] if errs else None
         o_end = i["out_base"] + rm1 * i["out_stride"] + k
         if op == Op.RADD:
             over(ErrorCode.AMEM_RANGE, "AMEM read", i["b_base"] + rm1 * (i["imm"] & 0xFFFF) + k,
@@ -1167,7 +1185,7 @@ class CostModel:
     busy_extra: int = PE.MAC_LATENCY + 2 + PE.D_Y
     queue_depth: int = 4
     # row unit (hw/rowunit.py): per-row job latency, pipeline after the last element
-    row_done: tuple = (("LAYERNORM", 54), ("NORM", 50), ("SOFTMAX", 62))
+    row_done: tuple = (("LAYERNORM", 54), ("NORM", 50), ("SOFTMAX", 62), ("RECIP", 62))
     row_pipe: int = 27
 
     def row_cycles(self, i, cfg):
@@ -1178,6 +1196,9 @@ class CostModel:
         done = dict(self.row_done)
         if op == Op.RADD:
             return rows * k + self.row_pipe
+        if op == Op.RECIP:
+            d = done["RECIP"]
+            return rows * (d + 1) + d + 1
         if op == Op.LAYERNORM:
             d = done["LAYERNORM"]
             return rows * max(2 * k, d + 1) + self.row_pipe + max(0, d + 1 - 2 * k)
@@ -1260,7 +1281,7 @@ class CostModel:
                 end = last_beat + L + self.busy_extra
                 if i["dst"] == Dst.BBUF_ROWS:
                     end += P
-                elif i["dst"] == Dst.BBUF_T:
+                elif i["dst"] in (Dst.BBUF_T, Dst.AMEM_T):
                     end += min(L, i["count"] or L) * (_ceil(P, L) + 1)
                 array_cycles += max(0, end - max(accept + 1, busy_end))
                 busy_end = max(busy_end, end)
@@ -1313,7 +1334,7 @@ class _Machine:
         return {Op.LOAD_A: self.load_a, Op.LOAD_B: self.load_b, Op.LOAD_P: self.load_p,
                 Op.STORE_C: self.store_c, Op.MATMUL: self.matmul, Op.LOAD_C: self.load_c,
                 Op.LOAD_T: self.load_t, Op.SOFTMAX: self.softmax, Op.LAYERNORM: self.layernorm,
-                Op.RADD: self.radd}
+                Op.RADD: self.radd, Op.RECIP: self.recip}
 
     def ext_read(self, addr, count, pc):
         if addr + count > len(self.ext):
@@ -1442,9 +1463,13 @@ class _Machine:
             elif dst == Dst.BBUF_ROWS:
                 words = i["out_base"] + (cols // L)[None, :] * i["out_stride"] + n[:, None]
                 self.bbuf[words, (cols % L)[None, :]] = _wrap(y, BBUF_BITS)
-            else:  # BBUF_T
+            elif dst == Dst.BBUF_T:
                 words = i["out_base"] + (n // L)[:, None] * i["out_stride"] + cols[None, :]
                 self.bbuf[words, (n % L)[:, None]] = _wrap(y, BBUF_BITS)
+            else:  # AMEM_T: element (n, c) → PE c mod P, out_base + (c div P)·out_stride + n
+                for c in range(N):
+                    self.amem[c % P][i["out_base"] + (c // P) * i["out_stride"] + n] = \
+                        _wrap(y[:, c], AMEM_BITS)
 
     def _row_io(self, i):
         """Per PE: (p, local rows, source index matrix, destination index matrix)."""
@@ -1502,6 +1527,15 @@ class _Machine:
             outs.append((p, o_idx, y))
         for p, o_idx, y in outs:
             self._row_write(i, p, o_idx, y)
+
+    def recip(self, i, pc):
+        # Linear attention's normalizer (sim.golden.linear_attention): RS[r] from 2³²/den.
+        for p, local, s_idx, _ in self._row_io(i):
+            den = wrap32(self.cmem[p][s_idx[:, 0]])
+            r = golden_divide(np.full(len(local), 1 << 32), np.clip(den, DEN_MIN, (1 << 31) - 1))
+            m, sh = mantissa15(r, 16)
+            pos = den > 0
+            self.rs_m[p, local], self.rs_sh[p, local] = np.where(pos, m, 0), np.where(pos, sh, 0)
 
     def radd(self, i, pc):
         k, stride = i["k"], i["imm"] & 0xFFFF
@@ -1625,8 +1659,13 @@ def accesses(i, cfg):
             span("A", i["out_base"], i["out_stride"], R, N, True)
         elif dst == Dst.BBUF_ROWS:
             span("B", i["out_base"], i["out_stride"], T, M, True)
+        elif dst == Dst.AMEM_T:
+            span("A", i["out_base"], i["out_stride"], _ceil(N, P), M, True)
         else:
             span("B", i["out_base"], i["out_stride"], _ceil(M, L), N, True)
+    elif op == Op.RECIP:
+        span("C", i["a_base"], i["a_stride"], R, 1, False)
+        span("RS", 0, 0, 1, R, True)
     elif op in ROW_OPS:
         k = i["k"]
         span("C", i["a_base"], i["a_stride"], R, k, False)

@@ -294,7 +294,7 @@ def test_static_checks():
     assert code(cfg, Op.LOAD_C, rows=0, tiles=1, out_base=100) is None
     assert code(cfg, Op.LOAD_T, count=512) is None
     assert code(cfg, Op.LOAD_T, count=1, a_base=512) == BAD
-    assert code(cfg, 0x33) == ErrorCode.ILLEGAL_OPCODE
+    assert code(cfg, 0x34) == ErrorCode.ILLEGAL_OPCODE
 
 
 def test_assembler_refuses_and_interpreter_raises():
