@@ -102,14 +102,14 @@ class PEArray(wiring.Component):
         free and no row operation runs (``ready = ~active & ~row_busy``); its first beat
         issues the next cycle.
     row_cmd : In(stream.Signature(row_desc_layout()))
-        A row operation (SOFTMAX, LAYERNORM, RADD), accepted when the array is idle.
+        A row operation (SOFTMAX, LAYERNORM, RADD, RECIP), accepted when the array is idle.
     active : Out(1)
         The sequencer is issuing beats of a MATMUL.
     row_busy : Out(1)
         A row operation runs (from acceptance until its last result and RS entry are written).
     busy : Out(1)
-        ``active``, any tile not yet written back (drains, requantization, BBUF write-back),
-        or ``row_busy``.
+        ``active``, any tile not yet written back (drains, requantization, BBUF/AMEM_T
+        write-back), or ``row_busy``.
     mac : Out(1)
         A beat was issued this cycle (the MAC array computes): counts MAC_CYCLES.
     stall_wb : Out(1)
@@ -127,8 +127,8 @@ class PEArray(wiring.Component):
     pbuf_w : In(stream.Signature(pbuf_w_layout(L)))
         DMA writes into PBUF (LOAD_P); always ready.
     amem_w : In(stream.Signature(amem_w_layout(P, L)))
-        DMA row writes into one PE's AMEM (LOAD_A); drain and row-unit writes (dst AMEM) have
-        priority.
+        DMA row writes into one PE's AMEM (LOAD_A); drain and row-unit writes (dst AMEM) and
+        the AMEM_T write-back have priority.
     cmem_w : In(stream.Signature(cmem_w_layout(P, L)))
         DMA row writes into one PE's CMEM (LOAD_C), accepted while the array is idle (no drain
         or row-unit write can share the cycle).

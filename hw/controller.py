@@ -52,7 +52,7 @@ class Controller(wiring.Component):
         ``dma_loads``: loads queued or running (the load lag of MATMUL and row operations).
     array : Out(stream.Signature(matmul_desc_layout())); row : Out(stream.Signature(
     row_desc_layout())); array_active, array_busy, array_mac, array_stall_wb : In(1)
-        MATMULs and row operations (SOFTMAX, LAYERNORM, RADD) to the array.
+        MATMULs and row operations (SOFTMAX, LAYERNORM, RADD, RECIP) to the array.
     imem_w_en, imem_w_addr, imem_w_data : In
         Program words from the DMA engine.
 
@@ -64,7 +64,7 @@ class Controller(wiring.Component):
     Interlocks (docs/architecture.md, *Ordering*): a MATMUL or row operation waits until at
     most ``lag`` (``ext_addr[7:0]``) loads are queued or running in the DMA (loads complete in
     order, so every earlier one but the last ``lag`` has landed; queued STORE_Cs do not hold
-    it). A MATMUL also waits, behind a MATMUL with dst AMEM/BBUF_* or REQ or behind a row
+    it). A MATMUL also waits, behind a MATMUL with dst AMEM/BBUF_*/AMEM_T or REQ or behind a row
     operation, until the array is idle; a row operation always waits until the array is idle.
     Array operations are numbered (a wrapping count of those issued, never reset); a STORE_C
     carries the count issued before it as its ``tag``, and the DMA starts it once the array's

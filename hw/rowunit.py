@@ -1,5 +1,5 @@
-"""Row unit: SOFTMAX, LAYERNORM and RADD (docs/isa_transformer.md), one element per cycle per
-PE, all PEs in lockstep.
+"""Row unit: SOFTMAX, LAYERNORM, RADD and RECIP (docs/isa_transformer.md), one element per cycle
+per PE, all PEs in lockstep.
 
 Golden models: :func:`sim.golden.exp_weights` with ``mantissa15(divide(2³², Σw), 24)``
 (SOFTMAX, attention mode), :func:`sim.golden.softmax` (NORM), :func:`sim.golden.layernorm`,
@@ -22,7 +22,10 @@ the row's parity. The sequencer runs the statistics of row r + 1 before the outp
     A(0) [B(0)]  A(1) [B(1)]  OUT(0)  A(2) [B(2)]  OUT(1)  …  OUT(n−1)
 
 so a row's job overlaps the next row's statistics pass. The job of SOFTMAX in attention mode
-is the divide of the output pass's Σw and the RS write (nothing waits for it). Each job takes
+is the divide of the output pass's Σw and the RS write (nothing waits for it). RECIP has one
+output pass of one element per row (its denominator, k = 1) and no statistics pass; the
+element starts the same job in R_DATA with the clipped denominator as divisor (``mantissa15``
+with shift 16; RS (0, 0) for den ≤ 0) and nothing is written but RS. Each job takes
 a fixed number of cycles; the sequencer holds the last element of a pass that starts a job
 until the previous job has finished, and the first element of an output pass until its row's
 job has finished (LAYERNORM, NORM).
@@ -50,7 +53,7 @@ R27     ``y`` (after the PE's activation stage, unused here): written to the des
 registers from then on): LAYERNORM ``LN_DONE`` = 58 (13 + 6 + 14 radix-4 Booth digits for
 Σh·r_D, k·μ and (k·μ − 2Σh)·μ, one step more each, then the rsqrt), SOFTMAX NORM ``NORM_DONE``
 = 51 and attention ``ATTN_DONE`` = 63 (a 34-cycle serial divide, plus ``mantissa15`` for the
-RS entry).
+RS entry), RECIP ``RECIP_DONE`` = 42 (the same job from R_DATA).
 
 **Cycle cost** of a row operation (``busy`` from the cycle after acceptance to the cycle after
 the last write): ``⌈rows/P⌉`` rows of ``n_p·k`` element cycles (n_p = 2 for SOFTMAX and
@@ -59,7 +62,8 @@ plus the pipeline (``R_Y + 2`` = 29) and, for the last row, at most one job late
 ``⌈rows/P⌉·max(n_p·k, DONE + 1) + DONE + 30`` at most. When ``n_p·k ≥ DONE + 1`` the rows
 stream without a gap: LAYERNORM takes exactly ``⌈rows/P⌉·2k + 29``, SOFTMAX (attention)
 ``⌈rows/P⌉·2k + 65`` (the last RS write), RADD always ``⌈rows/P⌉·k + 29``
-(tests/test_rowunit.py checks these). KWT-1 at P = 8: a softmax of 13 local rows of 99 scores
+(tests/test_rowunit.py checks these); RECIP ``⌈rows/P⌉·(RECIP_DONE + 1) + 2``
+(tests/test_linear_attention_rtl.py). KWT-1 at P = 8: a softmax of 13 local rows of 99 scores
 takes 2 639 cycles, a LayerNorm of 13 rows of 64 takes 1 693, a residual add 861.
 """
 import enum
@@ -487,7 +491,7 @@ class RowSequencer(wiring.Component):
         in every PE p with ``w_rmask[p]`` (rows ≥ ``rows`` are never written).
     w_dst : Out(2)
     rs_we : Out(P), rs_waddr : Out(8)
-        RS write of the PEs' ``rs_m``/``rs_sh`` (SOFTMAX, attention mode).
+        RS write of the PEs' ``rs_m``/``rs_sh`` (SOFTMAX attention mode, RECIP).
     """
     #: Cycles from a PBUF read address to the value at a PE's ``m``/``sh`` (the array's
     #: PBUF path: bank registers, select, one more register) and at ``bias``.

@@ -1185,7 +1185,7 @@ class CostModel:
     busy_extra: int = PE.MAC_LATENCY + 2 + PE.D_Y
     queue_depth: int = 4
     # row unit (hw/rowunit.py): per-row job latency, pipeline after the last element
-    row_done: tuple = (("LAYERNORM", 54), ("NORM", 50), ("SOFTMAX", 62), ("RECIP", 62))
+    row_done: tuple = (("LAYERNORM", 54), ("NORM", 50), ("SOFTMAX", 62), ("RECIP", 42))
     row_pipe: int = 27
 
     def row_cycles(self, i, cfg):
@@ -1197,8 +1197,9 @@ class CostModel:
         if op == Op.RADD:
             return rows * k + self.row_pipe
         if op == Op.RECIP:
-            d = done["RECIP"]
-            return rows * (d + 1) + d + 1
+            # one element per row, rows one job apart (hw.rowunit.RowDatapath.RECIP_DONE), the
+            # last RS write
+            return rows * (done["RECIP"] + 1) + 2
         if op == Op.LAYERNORM:
             d = done["LAYERNORM"]
             return rows * max(2 * k, d + 1) + self.row_pipe + max(0, d + 1 - 2 * k)
@@ -1281,8 +1282,13 @@ class CostModel:
                 end = last_beat + L + self.busy_extra
                 if i["dst"] == Dst.BBUF_ROWS:
                     end += P
-                elif i["dst"] in (Dst.BBUF_T, Dst.AMEM_T):
+                elif i["dst"] == Dst.BBUF_T:
                     end += min(L, i["count"] or L) * (_ceil(P, L) + 1)
+                elif i["dst"] == Dst.AMEM_T:
+                    # the last block: one word per column and L-row group, then its release
+                    n_last = (i["count"] or i["tiles"] * L) - (i["tiles"] - 1) * L
+                    off = (_ceil(i["rows"], P) - 1) * P % L
+                    end += n_last * ((off + P - 1) // L + 1) + 1
                 array_cycles += max(0, end - max(accept + 1, busy_end))
                 busy_end = max(busy_end, end)
                 prev_local = i["dst"] != Dst.CMEM

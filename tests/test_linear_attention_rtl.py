@@ -255,3 +255,184 @@ def test_recip_rscale():
                                   requant(t, m, sh, -(1 << 15), (1 << 15) - 1))
     np.testing.assert_array_equal(pg.read(hw, "den")[:, 2], den)
     assert np.ptp(pg.read(hw, "o")[:, :N]) > 1000
+
+
+# ------------------------------------------------------------------------------ timing
+
+def _timing_prog(cfg, rng, *, amem_t, recip, M, K, N):
+    """Aligned loads (rows of K, a multiple of L), then an AMEM_T MATMUL and/or a RECIP with an
+    RSCALE MATMUL behind it: what the cost model covers exactly."""
+    from sim.program import a_words, b_words
+    L = cfg.lanes
+    T = _tiles(N, L)
+    pg = Prog(cfg)
+    A = rng.integers(-128, 128, (M, K))
+    B = rng.integers(-128, 128, (K, N))
+    pg.asm.load_a(pg.put(a_words(A, L)), M, K, a_base=0, a_stride=K)
+    pg.asm.load_b(pg.put(b_words(B, L)), T * K, 0)
+    pg.asm.load_p(pg.put(param_words(np.zeros(N, int), np.full(N, 3), np.full(N, 12), L)), T, 0)
+    if recip:
+        C = rng.integers(-(1 << 20), 1 << 24, (M, L))
+        pg.asm.load_c(pg.put(c_words(C, L)), M, 1, out_base=200, out_stride=L)
+    if amem_t:
+        pg.asm.matmul(rows=M, k=K, tiles=T, n=N, dst=Dst.AMEM_T, sat=Sat.INT9, out_base=256,
+                      out_stride=_tiles(M, L) * L)
+        # a MATMUL behind it waits for the write-back (prev_local)
+        pg.asm.matmul(rows=M, k=K, tiles=T, n=N, dst=Dst.CMEM, out_base=100, out_stride=T * L)
+    if recip:
+        pg.asm.recip(rows=M, a_base=201, a_stride=L)
+        pg.asm.matmul(rows=M, k=K, tiles=T, n=N, dst=Dst.CMEM, sat=Sat.INT16, rscale=True,
+                      req=True, out_base=0, out_stride=T * L)
+    return pg
+
+
+@pytest.mark.parametrize("P, M, K, N, amem_t, recip", [
+    (3, 11, 24, 10, True, False),     # P ∤ L, several passes and tiles, a short last tile
+    (5, 13, 24, 11, True, False),     # P > L: two L-row groups per column
+    (3, 10, 8, 6, False, True),
+    (1, 3, 24, 5, True, True),
+])
+def test_cost_model_cycles(P, M, K, N, amem_t, recip):
+    """CYCLES of programs with AMEM_T MATMULs and RECIPs: the RTL's counter equals the cost
+    model's (sim.program.CostModel: RECIP's row_done, the AMEM_T write-back tail) within two
+    cycles; results bit-exact with the interpreter. (K ≥ 24: no STALL_WB, which the model
+    does not cover.)"""
+    cfg = _cfg(P)
+    pg = _timing_prog(cfg, np.random.default_rng(RNG_SEED + M), amem_t=amem_t, recip=recip,
+                      M=M, K=K, N=N)
+    _, _, counters = run_both(pg, tol=2)
+    assert counters["STALL_WB"] == 0
+
+
+# ------------------------------------------------------------------------------ errors
+
+def _la_error_programs(P, L, d):
+    """(instruction, expected code) for the checks of AMEM_T and RECIP."""
+    E = ErrorCode
+    mm = dict(rows=P + 1, k=4, tiles=2, a_base=0, a_stride=4, b_base=0, out_base=0,
+              out_stride=2 * L, p_base=0)
+    rc = dict(rows=P + 1, k=1, a_base=0, a_stride=4, dst=Dst.CMEM)
+    G = _tiles(2 * L, P)                     # ⌈N/P⌉ column groups of the AMEM_T cases
+    amem = d["amem_depth"]
+    return [
+        (encode(Op.MATMUL, dst=Dst.AMEM_T, sat=Sat.INT16, **mm), E.BAD_FIELD),
+        (encode(Op.MATMUL, dst=Dst.AMEM_T, sat=Sat.INT9, flags=Flag.ACCUM, **mm), E.BAD_FIELD),
+        (encode(Op.MATMUL, dst=Dst.AMEM_T, sat=Sat.INT9, flags=Flag.REQ, **mm), E.BAD_FIELD),
+        (encode(Op.MATMUL, dst=Dst.AMEM_T, sat=Sat.INT9, flags=Flag.ACT, **mm), E.BAD_FIELD),
+        (encode(Op.MATMUL, dst=Dst.AMEM_T, sat=Sat.INT9, **{**mm, "out_base": 2}), E.BAD_FIELD),
+        (encode(Op.MATMUL, dst=Dst.AMEM_T, sat=Sat.INT9, **{**mm, "out_stride": L + 1}),
+         E.BAD_FIELD),
+        (encode(Op.MATMUL, dst=15, sat=Sat.INT9, **mm), E.BAD_FIELD),
+        # AMEM write end out_base + (⌈N/P⌉ − 1)·out_stride + rows, one past the depth
+        (encode(Op.MATMUL, dst=Dst.AMEM_T, sat=Sat.INT9,
+                **{**mm, "out_base": amem - (G - 1) * 2 * L - L}), None),
+        (encode(Op.MATMUL, dst=Dst.AMEM_T, sat=Sat.INT9,
+                **{**mm, "out_base": amem - (G - 1) * 2 * L - L, "rows": L + 1}),
+         E.AMEM_RANGE),
+        (encode(Op.MATMUL, dst=Dst.AMEM_T, sat=Sat.INT8, flags=Flag.ACT,
+                **{**mm, "out_base": amem}), E.AMEM_RANGE),
+        (encode(Op.RECIP, **{**rc, "k": 2}), E.BAD_FIELD),
+        (encode(Op.RECIP, **{**rc, "dst": Dst.AMEM}), E.BAD_FIELD),
+        (encode(Op.RECIP, flags=Flag.NORM, **rc), E.BAD_FIELD),
+        (encode(Op.RECIP, **{**rc, "rows": 257 * P, "a_stride": 0}), E.BAD_FIELD),
+        (encode(Op.RECIP, **{**rc, "rows": 256 * P, "a_stride": 0}), None),
+        (encode(Op.RECIP, **{**rc, "a_base": d["cmem_depth"] - 4}), E.CMEM_RANGE),
+        (encode(Op.RECIP, **{**rc, "a_base": d["cmem_depth"] - 5}), None),
+        # RECIP writes no CMEM row and reads no PBUF: neither is range-checked
+        (encode(Op.RECIP, **rc, out_base=0xFFFF, out_stride=0xFFFF, p_base=0xFFFF), None),
+        (encode(0x34), E.ILLEGAL_OPCODE),
+    ]
+
+
+def test_la_error_codes_bounded():
+    """The decode checks of AMEM_T and RECIP raise their code at the bad instruction within a
+    bounded number of cycles (as the ISA's static check says); the legal neighbours run."""
+    from hw.isa import decode
+    from sim.program import static_check
+    P, L = 2, 4
+    d = dict(SMALL, cmem_depth=512, pbuf_depth=16, imem_depth=8)
+    cfg = AccelConfig(pes=P, lanes=L, **d)
+    cases = _la_error_programs(P, L, d)
+    for ins, code in cases:
+        err = static_check(decode(ins), cfg)
+        assert (err[0] if err else None) == code, (hex(ins), err)
+    nop, halt = encode(Op.NOP), encode(Op.HALT)
+    res = _run_many([([nop, ins, halt], 3) for ins, _ in cases], pes=P, lanes=L, bound=20_000,
+                    **d)
+    for (ins, code), (status, pc, cycles, waited) in zip(cases, res):
+        if code is None:
+            assert status == 2 and pc == 2, (hex(ins), status, pc)
+        else:
+            assert (status >> 8) & 0xFF == code and status & 4, (code, hex(ins), status)
+            assert pc == 1 and waited < 80 and cycles < 60, (code, pc, waited, cycles)
+
+
+# ------------------------------------------------------------------------------ a whole head
+
+def _la_head(cfg, rng, *, N, d, dv):
+    """One linear-attention head as a program; returns (Prog, golden output, intermediates)."""
+    from sim.golden import encode_multiplier, activation, rshift_round
+    from sim.program import a_words, b_words
+    P, L = cfg.pes, cfg.lanes
+    q = rng.integers(-128, 128, (N, d))
+    k = rng.integers(-128, 128, (N, d))
+    v = rng.integers(-128, 128, (N, dv))
+    lut_q = elu1_lut(0.03, 3.0 / 255)
+    lut_k = elu1_lut(0.04, 4.0 / 255)
+    phq, phk = activation(q, lut_q), activation(k, lut_k)
+    vv = np.concatenate([v, np.ones((N, 1), int)], axis=1)
+    t = matmul(phk.T, vv)
+    m_t, sh_t = encode_multiplier(120.0 / np.maximum(np.abs(t).max(axis=0), 1))
+    t8 = requant(t, m_t, sh_t, *INT8)
+    u = matmul(phq, t8)
+    num, den = u[:, :-1], u[:, -1]
+    r = divide(np.full(N, 1 << 32), np.clip(den, DEN_MIN, (1 << 31) - 1))
+    m_r, sh_r = mantissa15(r, 16)
+    tq = np.where(den[:, None] > 0, rshift_round(num * m_r[:, None], sh_r[:, None]), 0)
+    m_o, sh_o = encode_multiplier(200.0 / np.maximum(np.abs(tq).max(axis=0), 1))
+    want = linear_attention(q, k, v, lut_q, lut_k, m_t, sh_t, m_o, sh_o)
+
+    Td, Tu, Tv = _tiles(d, L), _tiles(dv + 1, L), _tiles(dv, L)
+    QPHI, KT, ST = 0, 128, _tiles(N, L) * L          # AMEM: φq rows, φkᵀ (L-aligned)
+    pg = Prog(cfg)
+    eye = np.eye(d, dtype=np.int64)
+    pg.asm.load_t(pg.put(t_words(np.concatenate([lut_q, lut_k]), L)), 512, 0)
+    pg.asm.load_a(pg.put(a_words(q, L)), N, d, a_base=300, a_stride=d)
+    pg.asm.load_a(pg.put(a_words(k, L)), N, d, a_base=400, a_stride=d)
+    pg.asm.load_b(pg.put(b_words(eye, L)), Td * d, 0)                       # BBUF 0: I_d
+    pg.asm.load_b(pg.put(b_words(vv, L)), Tu * N, 100)                      # BBUF 100: [V|1]
+    one = np.ones(d, int)
+    pg.asm.load_p(pg.put(param_words(np.zeros(d, int), one, 0 * one, L)), Td, 0)
+    pg.asm.load_p(pg.put(param_words(np.zeros(dv + 1, int), m_t, sh_t, L)), Tu, 4)
+    pg.asm.load_p(pg.put(param_words(np.zeros(dv, int), m_o, sh_o, L)), Tv, 8)
+    # φ(Q) → AMEM rows (ACT, table 0); φ(K)ᵀ → AMEM_T (ACT, table 1): row c = feature c.
+    pg.asm.matmul(rows=N, k=d, tiles=Td, n=d, a_base=300, a_stride=d, b_base=0, p_base=0,
+                  dst=Dst.AMEM, sat=Sat.INT8, act=True, table=0, out_base=QPHI, out_stride=d)
+    pg.asm.matmul(rows=N, k=d, tiles=Td, n=d, a_base=400, a_stride=d, b_base=0, p_base=0,
+                  dst=Dst.AMEM_T, sat=Sat.INT8, act=True, table=1, out_base=KT, out_stride=ST)
+    # T = φkᵀ·[V|1] → BBUF rows (the B operand of the next two MATMULs: K = d).
+    pg.asm.matmul(rows=d, k=N, tiles=Tu, n=dv + 1, a_base=KT, a_stride=ST, b_base=100,
+                  p_base=4, dst=Dst.BBUF_ROWS, sat=Sat.INT8, out_base=200, out_stride=d)
+    # u = φq·T → CMEM (den in column dv), RECIP, then num with RSCALE + REQ.
+    pg.asm.matmul(rows=N, k=d, tiles=Tu, n=dv + 1, a_base=QPHI, a_stride=d, b_base=200,
+                  dst=Dst.CMEM, out_base=0, out_stride=Tu * L)
+    pg.asm.recip(rows=N, a_base=dv, a_stride=Tu * L)
+    pg.asm.matmul(rows=N, k=d, tiles=Tv, n=dv, a_base=QPHI, a_stride=d, b_base=200, p_base=8,
+                  dst=Dst.CMEM, sat=Sat.INT9, rscale=True, req=True, out_base=256,
+                  out_stride=Tv * L)
+    pg.observe_c("out", N, Tv, 256, Tv * L)
+    pg.observe_c("u", N, Tu, 0, Tu * L)
+    return pg, want, dict(u=u, den=den, phk=phk)
+
+
+@pytest.mark.parametrize("P", [2, 3])
+def test_linear_attention_head(P):
+    """φ(Q) (ACT → AMEM), φ(K)ᵀ (ACT → AMEM_T), T = φkᵀ·[V|1] (→ BBUF_ROWS), u = φq·T (→ CMEM),
+    RECIP on its last column, the numerator with RSCALE + REQ: equal to
+    sim.golden.linear_attention and to the interpreter's ext memory (P = 2, 3; L = 4)."""
+    cfg = _cfg(P)
+    pg, want, mid = _la_head(cfg, np.random.default_rng(RNG_SEED + 20 + P), N=9, d=6, dv=5)
+    hw, _, _ = run_both(pg)
+    np.testing.assert_array_equal(pg.read(hw, "u")[:, :6], mid["u"])
+    np.testing.assert_array_equal(pg.read(hw, "out")[:, :5], want)
+    assert np.ptp(want) > 100 and (mid["den"] > DEN_MIN).any()
