@@ -288,7 +288,7 @@ def _timing_prog(cfg, rng, *, amem_t, recip, M, K, N):
 
 @pytest.mark.parametrize("P, M, K, N, amem_t, recip", [
     (3, 11, 24, 10, True, False),     # P ∤ L, several passes and tiles, a short last tile
-    (5, 13, 24, 11, True, False),     # P > L: two L-row groups per column
+    (5, 7, 24, 6, True, False),       # P > L: two L-row groups per column
     (3, 10, 8, 6, False, True),
     (1, 3, 24, 5, True, True),
 ])
@@ -335,7 +335,9 @@ def _la_error_programs(P, L, d):
         (encode(Op.RECIP, **{**rc, "dst": Dst.AMEM}), E.BAD_FIELD),
         (encode(Op.RECIP, flags=Flag.NORM, **rc), E.BAD_FIELD),
         (encode(Op.RECIP, **{**rc, "rows": 257 * P, "a_stride": 0}), E.BAD_FIELD),
-        (encode(Op.RECIP, **{**rc, "rows": 256 * P, "a_stride": 0}), None),
+        # 256 local rows pass the RS bound (the CMEM range check comes next)
+        (encode(Op.RECIP, **{**rc, "rows": 256 * P, "a_stride": 0,
+                             "a_base": d["cmem_depth"]}), E.CMEM_RANGE),
         (encode(Op.RECIP, **{**rc, "a_base": d["cmem_depth"] - 4}), E.CMEM_RANGE),
         (encode(Op.RECIP, **{**rc, "a_base": d["cmem_depth"] - 5}), None),
         # RECIP writes no CMEM row and reads no PBUF: neither is range-checked
@@ -436,3 +438,14 @@ def test_linear_attention_head(P):
     np.testing.assert_array_equal(pg.read(hw, "u")[:, :6], mid["u"])
     np.testing.assert_array_equal(pg.read(hw, "out")[:, :5], want)
     assert np.ptp(want) > 100 and (mid["den"] > DEN_MIN).any()
+
+
+def test_linear_attention_head_verilator():
+    """The head on Verilator at P = 8, L = 16 (the default depths: the harness build of
+    tests/test_kwt_rtl.py and tests/test_run_matmul.py): 20 tokens, d = 16 (φ(K)ᵀ: two local
+    rows per PE), dv = 15 (the den column completes a 16-wide tile)."""
+    cfg = AccelConfig(pes=8, lanes=16)
+    pg, want, mid = _la_head(cfg, np.random.default_rng(RNG_SEED + 30), N=20, d=16, dv=15)
+    hw, _, counters = run_both(pg, VerilatorBackend())
+    np.testing.assert_array_equal(pg.read(hw, "out")[:, :15], want)
+    assert np.ptp(want) > 100
