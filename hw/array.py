@@ -84,6 +84,12 @@ def _uses_wb(dst):
     return dst[1] | dst[2]
 
 
+def _mul_const(x, c):
+    """``x·c`` for a small constant c as a sum of shifts (no multiplier is inferred)."""
+    terms = [x << b for b in range(c.bit_length()) if c >> b & 1]
+    return sum(terms[1:], terms[0]) if terms else Const(0)
+
+
 def _check_pow2(name, value, lo, hi):
     check_int(name, value, lo=lo, hi=hi)
     if value & (value - 1):
@@ -345,7 +351,7 @@ class PEArray(wiring.Component):
                 stride_big.eq(Mux(d_amt, P // L, d.out_stride * (P // L))),
                 row_step.eq(Mux(d_amt, 1, d.out_stride)),
                 t_caddr.eq(0), t_cpe.eq(0), is_amt.eq(d_amt),
-                t_step.eq((d.out_stride >> lsh) * (L // P)),
+                t_step.eq(_mul_const(d.out_stride >> lsh, L // P)),
                 first_tile.eq(1), rpass.eq(0),
             ]
 
@@ -641,7 +647,9 @@ class PEArray(wiring.Component):
         msk_pad = Cat(Const(0, pad), colmask, Const(0, pad))
         start = Signal(range(2 * L + P + 1))
         m.d.comb += start.eq(pad + (w_g << lsh) - wm.off)
-        win_data = (col_pad >> (start * E))[:E * L]
+        # (the bit offset start·9 as a shift-add: a product would infer a multiplier)
+        win_data = (col_pad >> ((start << 3) + start))[:E * L]
+        assert E == 9
         win_mask = (msk_pad >> start)[:L]
 
         # The writer holds while the drain or the row unit writes AMEM (wb_stall; an AMEM_T

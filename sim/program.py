@@ -1160,10 +1160,11 @@ class CostModel:
       cycle), no row operation runs and, behind a MATMUL with dst AMEM/BBUF_*, the array is
       idle; it issues ``⌈M/P⌉·tiles·max(K, L)`` beats; the array is busy until
       ``L + busy_extra`` cycles after the last beat (ARRAY_CYCLES counts those cycles);
-    * a row operation (SOFTMAX, LAYERNORM, RADD) starts when the loads allow (its lag), the array
-      is idle and the previous row operation has finished, and takes the row unit's documented
-      time (hw/rowunit.py): ``⌈rows/P⌉·max(n·k, DONE + 1)`` plus its pipeline, with n passes
-      (SOFTMAX 2, with NORM 3; LAYERNORM 2; RADD 1) and DONE the per-row job (:meth:`row_cycles`);
+    * a row operation (SOFTMAX, LAYERNORM, RADD, RECIP) starts when the loads allow (its lag),
+      the array is idle and the previous row operation has finished, and takes the row unit's
+      documented time (hw/rowunit.py): ``⌈rows/P⌉·max(n·k, DONE + 1)`` plus its pipeline, with
+      n passes (SOFTMAX 2, with NORM 3; LAYERNORM 2; RADD 1) and DONE the per-row job; RECIP
+      ``⌈rows/P⌉·(DONE + 1) + 2`` (:meth:`row_cycles`);
       a STORE_C also waits for it;
     * SYNC and HALT wait for the DMA, the array and the row unit to be idle.
 

@@ -279,6 +279,9 @@ def _timing_prog(cfg, rng, *, amem_t, recip, M, K, N):
                       out_stride=_tiles(M, L) * L)
         # a MATMUL behind it waits for the write-back (prev_local)
         pg.asm.matmul(rows=M, k=K, tiles=T, n=N, dst=Dst.CMEM, out_base=100, out_stride=T * L)
+        G, S = _tiles(N, cfg.pes), _tiles(M, L) * L
+        pg.observe_a("amem_t", rows=G * cfg.pes, k=S, a_base=256, a_stride=S, b_base=T * K,
+                     c_base=300)
     if recip:
         pg.asm.recip(rows=M, a_base=201, a_stride=L)
         pg.asm.matmul(rows=M, k=K, tiles=T, n=N, dst=Dst.CMEM, sat=Sat.INT16, rscale=True,
@@ -286,18 +289,20 @@ def _timing_prog(cfg, rng, *, amem_t, recip, M, K, N):
     return pg
 
 
-@pytest.mark.parametrize("P, M, K, N, amem_t, recip", [
-    (3, 11, 24, 10, True, False),     # P ∤ L, several passes and tiles, a short last tile
-    (5, 7, 24, 6, True, False),       # P > L: two L-row groups per column
-    (3, 10, 8, 6, False, True),
-    (1, 3, 24, 5, True, True),
+@pytest.mark.parametrize("P, L, M, K, N, amem_t, recip", [
+    (3, 4, 11, 24, 10, True, False),  # P ∤ L, several passes and tiles, a short last tile
+    # L = 8: tiles step the column by 2·P + 2; P > L: two L-row groups per column
+    pytest.param(3, 8, 7, 32, 21, True, False, marks=pytest.mark.slow),
+    pytest.param(5, 4, 7, 24, 6, True, False, marks=pytest.mark.slow),
+    (3, 4, 10, 8, 6, False, True),
+    (1, 4, 3, 24, 5, True, True),
 ])
-def test_cost_model_cycles(P, M, K, N, amem_t, recip):
+def test_cost_model_cycles(P, L, M, K, N, amem_t, recip):
     """CYCLES of programs with AMEM_T MATMULs and RECIPs: the RTL's counter equals the cost
     model's (sim.program.CostModel: RECIP's row_done, the AMEM_T write-back tail) within two
-    cycles; results bit-exact with the interpreter. (K ≥ 24: no STALL_WB, which the model
+    cycles; results bit-exact with the interpreter. (K large enough for no STALL_WB, which the model
     does not cover.)"""
-    cfg = _cfg(P)
+    cfg = _cfg(P, L)
     pg = _timing_prog(cfg, np.random.default_rng(RNG_SEED + M), amem_t=amem_t, recip=recip,
                       M=M, K=K, N=N)
     _, _, counters = run_both(pg, tol=2)
