@@ -647,9 +647,12 @@ class PEArray(wiring.Component):
         msk_pad = Cat(Const(0, pad), colmask, Const(0, pad))
         start = Signal(range(2 * L + P + 1))
         m.d.comb += start.eq(pad + (w_g << lsh) - wm.off)
-        # (the bit offset start·9 as a shift-add: a product would infer a multiplier)
-        win_data = (col_pad >> ((start << 3) + start))[:E * L]
-        assert E == 9
+        # Shifted by whole elements, one mux stage per bit of start (a shift by start·9 would
+        # infer a multiplier or a deeper barrel shifter).
+        win = col_pad
+        for b in range(len(start)):
+            win = Mux(start[b], win >> (E << b), win)
+        win_data = win[:E * L]
         win_mask = (msk_pad >> start)[:L]
 
         # The writer holds while the drain or the row unit writes AMEM (wb_stall; an AMEM_T
