@@ -7,14 +7,15 @@ one Verilator run at P = 8, L = 16."""
 import numpy as np
 import pytest
 
-from hw.isa import Dst, ErrorCode, Flag, Op, Sat, encode
+from hw.isa import Dst, ErrorCode, Flag, Op, Sat, decode, encode
 from hw.pe import RowOp
 from hw.rowunit import RowDatapath
 from sim.backends import AmaranthBackend, GoldenBackend, VerilatorBackend
-from sim.golden import INT8, INT9, divide, elu1_lut, linear_attention, matmul, requant
+from sim.golden import (INT8, INT9, activation, divide, elu1_lut, encode_multiplier,
+                        linear_attention, matmul, requant, rshift_round)
 from sim.golden.attention import DEN_MIN, mantissa15
-from sim.program import (AccelConfig, Assembler, CostModel, ImageBuilder, c_from_words, c_words,
-                         param_words, t_words)
+from sim.program import (AccelConfig, Assembler, CostModel, ImageBuilder, a_words, b_words,
+                         c_from_words, c_words, param_words, static_check, t_words)
 from tests.test_accelerator import SMALL, _run_many
 from tests.test_rowunit import RowHarness, desc, run_ops
 
@@ -61,7 +62,6 @@ class Prog:
         L = self.cfg.lanes
         T = _tiles(k, L)
         eye = np.eye(k, dtype=np.int64)
-        from sim.program import b_words
         self.asm.load_b(self.put(b_words(eye, L)), T * k, b_base)
         self.asm.matmul(rows=rows, k=k, tiles=T, n=k, a_base=a_base, a_stride=a_stride,
                         b_base=b_base, dst=Dst.CMEM, out_base=c_base, out_stride=T * L)
@@ -157,9 +157,7 @@ def _amem_t_case(pg, rng, *, M, K, N, sat, act=False, relu=False, bias=True, tab
     bv = rng.integers(-4000, 4000, N) if bias else np.zeros(N, int)
     acc = matmul(A, B, bv[None, :])
     amax = np.maximum(np.abs(acc).max(axis=0), 1)
-    from sim.golden import encode_multiplier
     m, sh = encode_multiplier((150.0 if sat != Sat.INT9 else 300.0) / amax)
-    from sim.program import a_words, b_words
     pg.asm.load_a(pg.put(a_words(A, L)), M, K, a_base=a_base, a_stride=K)
     pg.asm.load_b(pg.put(b_words(B, L)), T * K, b_base)
     pg.asm.load_p(pg.put(param_words(bv, m, sh, L)), T, p_base)
@@ -180,8 +178,8 @@ def test_matmul_amem_t(P):
     """MATMUL dst AMEM_T at L = 4 with P = 1, 2, 3: odd rows and columns, sat INT8 / INT9 /
     UINT8, with and without ACT (both tables, RELU), several passes and tiles, out_stride
     larger than the rows (the slots in between keep their prefill); the whole ext memory
-    equals the interpreter's and each result is φ-free y transposed (checked against
-    sim.golden directly too)."""
+    equals the interpreter's, and each result is y (after RELU/ACT) transposed, checked against
+    sim.golden directly too."""
     cfg = _cfg(P)
     L = cfg.lanes
     rng = np.random.default_rng(RNG_SEED + P)
@@ -210,7 +208,6 @@ def test_matmul_amem_t(P):
         if c.get("act"):
             y = lut[256 * c["table"]:][:256][y + 128]
         got = pg.read(hw, f"c{j}")
-        G = _tiles(c["N"], P)
         for col in range(c["N"]):
             row = (col // P) * P + col % P       # local row col div P of PE col mod P
             np.testing.assert_array_equal(got[row, :c["M"]], y[:, col], err_msg=f"{j} {col}")
@@ -236,11 +233,9 @@ def test_recip_rscale():
     r = divide(np.full(M, 1 << 32), np.clip(den, DEN_MIN, (1 << 31) - 1))
     m_r, sh_r = mantissa15(r, 16)
     m_r, sh_r = np.where(den > 0, m_r, 0), np.where(den > 0, sh_r, 0)
-    from sim.golden import rshift_round, encode_multiplier
     t = rshift_round(matmul(A, B) * m_r[:, None], sh_r[:, None])
     m, sh = encode_multiplier(np.full(N, 3000.0) / np.maximum(np.abs(t).max(axis=0), 1))
     pg = Prog(cfg)
-    from sim.program import a_words, b_words
     pg.asm.load_c(pg.put(c_words(C, L)), M, 1, out_base=40, out_stride=L)
     pg.asm.load_a(pg.put(a_words(A, L)), M, K, a_base=0, a_stride=K)
     pg.asm.load_b(pg.put(b_words(B, L)), T * K, 0)
@@ -262,7 +257,6 @@ def test_recip_rscale():
 def _timing_prog(cfg, rng, *, amem_t, recip, M, K, N):
     """Aligned loads (rows of K, a multiple of L), then an AMEM_T MATMUL and/or a RECIP with an
     RSCALE MATMUL behind it: what the cost model covers exactly."""
-    from sim.program import a_words, b_words
     L = cfg.lanes
     T = _tiles(N, L)
     pg = Prog(cfg)
@@ -354,8 +348,6 @@ def _la_error_programs(P, L, d):
 def test_la_error_codes_bounded():
     """The decode checks of AMEM_T and RECIP raise their code at the bad instruction within a
     bounded number of cycles (as the ISA's static check says); the legal neighbours run."""
-    from hw.isa import decode
-    from sim.program import static_check
     P, L = 2, 4
     d = dict(SMALL, cmem_depth=512, pbuf_depth=16, imem_depth=8)
     cfg = AccelConfig(pes=P, lanes=L, **d)
@@ -378,8 +370,6 @@ def test_la_error_codes_bounded():
 
 def _la_head(cfg, rng, *, N, d, dv):
     """One linear-attention head as a program; returns (Prog, golden output, intermediates)."""
-    from sim.golden import encode_multiplier, activation, rshift_round
-    from sim.program import a_words, b_words
     P, L = cfg.pes, cfg.lanes
     q = rng.integers(-128, 128, (N, d))
     k = rng.integers(-128, 128, (N, d))
