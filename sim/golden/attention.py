@@ -8,7 +8,7 @@ from .mac import matmul
 from .requant import requant
 from .softmax import exp_weights
 
-__all__ = ["attention", "mha", "linear_attention", "mantissa15", "DEN_MIN"]
+__all__ = ["attention", "mha", "linear_attention", "linear_mha", "mantissa15", "DEN_MIN"]
 
 DEN_MIN = 1 << 16
 
@@ -85,3 +85,22 @@ def linear_attention(q, k, v, lut_q, lut_k, m_t, sh_t, m_o, sh_o, out=INT9):
     m_r, sh_r = mantissa15(r, 16)
     t = np.where(den[..., None] > 0, rshift_round(num * m_r[..., None], sh_r[..., None]), 0)
     return clip(rshift_round(t * to_int(m_o, "m_o"), sh_o), *out)
+
+
+def linear_mha(q, k, v, heads, lut, m_t, sh_t, m_l, sh_l, out=INT9):
+    """Multi-head linear attention: heads are column slices of int8 q, k, v (offset h·d,
+    width d), each :func:`linear_attention` with the one φ table ``lut`` (q and k share a
+    scale); ``m_t, sh_t`` hold heads·(d+1) columns (head h at h·(d+1)), ``m_l, sh_l`` one per
+    output column."""
+    dim = q.shape[-1]
+    if heads < 1 or dim % heads:
+        raise ValueError(f"{dim} columns cannot be split into {heads} heads")
+    d = dim // heads
+    m_t, sh_t = np.broadcast_to(m_t, (heads * (d + 1),)), np.broadcast_to(sh_t, (heads * (d + 1),))
+    m_l, sh_l = np.broadcast_to(m_l, (dim,)), np.broadcast_to(sh_l, (dim,))
+    outs = []
+    for h in range(heads):
+        sl, st = slice(h * d, (h + 1) * d), slice(h * (d + 1), (h + 1) * (d + 1))
+        outs.append(linear_attention(q[..., sl], k[..., sl], v[..., sl], lut, lut, m_t[st],
+                                     sh_t[st], m_l[sl], sh_l[sl], out))
+    return np.concatenate(outs, axis=-1)
