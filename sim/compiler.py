@@ -766,8 +766,8 @@ def lower_attention(b, lay, *, rows, wqkv, m_qkv, sh_qkv, c_e, sh_e, m_a, sh_a, 
                         out=dict(dst=Dst.AMEM, out_base=lay.QA + c0, out_stride=Dp))
 
 
-def lower_linear_attention(b, lay, *, rows, wqkv, m_qkv, sh_qkv, phi, m_t, sh_t, m_l, sh_l,
-                           x_base, name):
+def lower_linear_attention(b, lay, *, rows, wqkv, m_qkv, sh_qkv, phi_q, phi_k, m_t, sh_t, m_l,
+                           sh_l, x_base, name):
     """Linear attention (golden :func:`sim.golden.linear_mha`): φq = φ(int8 q) by the table
     (ACT) → AMEM WA; per head: φkᵀ (ACT, dst AMEM_T) → AMEM KA, [v | 1] (BIAS: the ones column
     is weight 0, bias 1) → BBUF VL, T8 = φkᵀ·[v | 1] → BBUF T8 (rows = the head's columns),
@@ -779,10 +779,12 @@ def lower_linear_attention(b, lay, *, rows, wqkv, m_qkv, sh_qkv, phi, m_t, sh_t,
     wq, wk, wv = wqkv[:D], wqkv[D:2 * D], wqkv[2 * D:]
     for nm, w in (("Wq", wq), ("Wk", wk), ("Wv", wv)):
         _acc_bound(f"{name}.{nm}", D, 256, w)
-    table = b.t_item(f"{name}.phi", phi)
+    if d > 256:
+        raise InputError(f"{name}: linear attention takes heads of at most 256 columns, not {d}")
+    t_q, t_k = b.t_item(f"{name}.phi_q", phi_q), b.t_item(f"{name}.phi_k", phi_k)
     weight_matmul(b, f"{name}.wq", wq.T, params=(0, m_qkv[:D], sh_qkv[:D]), rows=rows,
                   a_base=x_base, a_stride=Dp, dst=Dst.AMEM, out_base=lay.WA, out_stride=Dp,
-                  sat=Sat.INT8, act=True, t=table)
+                  sat=Sat.INT8, act=True, t=t_q)
     dt, lane = d // L, d % L           # the denominator column: tile dt, lane
     for h in range(H):
         c0, c1 = h * d, (h + 1) * d
@@ -792,7 +794,7 @@ def lower_linear_attention(b, lay, *, rows, wqkv, m_qkv, sh_qkv, phi, m_t, sh_t,
         weight_matmul(b, f"{name}.wk{h}", wk[c0:c1].T,
                       params=(0, m_qkv[D + c0:D + c1], sh_qkv[D + c0:D + c1]), rows=N,
                       a_base=x_base, a_stride=Dp, dst=Dst.AMEM_T, out_base=lay.KA,
-                      out_stride=lay.Np, sat=Sat.INT8, act=True, t=table)
+                      out_stride=lay.Np, sat=Sat.INT8, act=True, t=t_k)
         wv1 = np.concatenate([wv[c0:c1].T, np.zeros((D, 1), np.int64)], axis=1)
         mv = np.append(m_qkv[2 * D + c0:2 * D + c1], 1)
         shv = np.append(sh_qkv[2 * D + c0:2 * D + c1], 0)
@@ -886,7 +888,7 @@ def lower_layer(b, lay, layer, *, rows, heads, name, out):
     ``out``: where LN2 writes (``dict(dst=…, out_base=…, out_stride=…)``)."""
     if getattr(layer, "linear", False):
         lower_linear_attention(b, lay, rows=rows, wqkv=layer.wqkv, m_qkv=layer.m_qkv,
-                               sh_qkv=layer.sh_qkv, phi=layer.phi, m_t=layer.m_t,
+                               sh_qkv=layer.sh_qkv, phi_q=layer.phi_q, phi_k=layer.phi_k, m_t=layer.m_t,
                                sh_t=layer.sh_t, m_l=layer.m_l, sh_l=layer.sh_l, x_base=lay.XA,
                                name=name)
     else:
@@ -1098,10 +1100,9 @@ def attention_job(q, k, v, c_e, sh_e, m_a, sh_a, *, config=None, pes=None, lanes
     return b.build(shape=(N, dv))
 
 
-def linear_attention_job(q, k, v, lut, m_t, sh_t, m_l, sh_l, *, config=None, pes=None,
-                         lanes=None):
-    """One linear-attention head (golden :func:`sim.golden.linear_attention` with one table
-    ``lut`` for q and k): int8 q, k (N × d) and v (N × dv) → int9 (N × dv). q and k are A
+def linear_attention_job(q, k, v, lut_q, lut_k, m_t, sh_t, m_l, sh_l, *, config=None,
+                         pes=None, lanes=None):
+    """One linear-attention head (golden :func:`sim.golden.linear_attention`): int8 q, k (N × d) and v (N × dv) → int9 (N × dv). q and k are A
     operands (LOAD_A); φ is applied by the ACT epilogue of a MATMUL with the d × d identity
     (φq → AMEM, φkᵀ → AMEM_T); [v | 1] is a B operand. AMEM: q, k, φq, φkᵀ; BBUF: the T8 slot,
     then the ring; CMEM: the denominators, then the output."""
@@ -1131,12 +1132,14 @@ def linear_attention_job(q, k, v, lut, m_t, sh_t, m_l, sh_l, *, config=None, pes
     b.input_a("q", q, QA, dp)
     b.input_a("k", k, KA0, dp)
     b.set_section("linear_attention")
-    table = b.t_item("phi", lut)
+    t_q, t_k = b.t_item("phi_q", lut_q), b.t_item("phi_k", lut_k)
+    if d > 256:
+        raise InputError(f"linear attention takes heads of at most 256 columns, not {d}")
     eye = b.b_item("eye", np.eye(d, dtype=np.int64))
     pe = b.p_item("eye.p", 0, 1, 0, d)
-    b.op("matmul", b=eye, p=pe, t=table, rows=N, k=d, tiles=_ceil(d, L), n=d, a_base=QA,
+    b.op("matmul", b=eye, p=pe, t=t_q, rows=N, k=d, tiles=_ceil(d, L), n=d, a_base=QA,
          a_stride=dp, dst=Dst.AMEM, out_base=PQ, out_stride=dp, sat=Sat.INT8, act=True)
-    b.op("matmul", b=eye, p=pe, t=table, rows=N, k=d, tiles=_ceil(d, L), n=d, a_base=KA0,
+    b.op("matmul", b=eye, p=pe, t=t_k, rows=N, k=d, tiles=_ceil(d, L), n=d, a_base=KA0,
          a_stride=dp, dst=Dst.AMEM_T, out_base=KT, out_stride=Np, sat=Sat.INT8, act=True)
     v1 = b.b_item("v1", np.concatenate([v, np.ones((N, 1), np.int64)], axis=1))
     b.op("matmul", b=v1, p=b.p_item("pt", 0, m_t, sh_t, dv + 1), rows=d, k=N, tiles=t1,
@@ -1168,7 +1171,8 @@ def mhsa_job(x, p, heads, *, config=None, pes=None, lanes=None):
         b.set_section("mhsa")
         if getattr(p, "linear", False):
             lower_linear_attention(b, lay, rows=N, wqkv=p.wqkv, m_qkv=p.m_qkv, sh_qkv=p.sh_qkv,
-                                   phi=p.phi, m_t=p.m_t, sh_t=p.sh_t, m_l=p.m_l, sh_l=p.sh_l,
+                                   phi_q=p.phi_q, phi_k=p.phi_k, m_t=p.m_t, sh_t=p.sh_t,
+                                   m_l=p.m_l, sh_l=p.sh_l,
                                    x_base=lay.XA, name="mhsa")
         else:
             lower_attention(b, lay, rows=N, wqkv=p.wqkv, m_qkv=p.m_qkv, sh_qkv=p.sh_qkv,

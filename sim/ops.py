@@ -146,8 +146,8 @@ def mhsa_reference(x, p, heads):
     q = requant(acc[..., :dim], p.m_qkv[:dim], p.sh_qkv[:dim], *(INT8 if linear else INT9))
     kv = requant(acc[..., dim:], p.m_qkv[dim:], p.sh_qkv[dim:], *INT8)
     if linear:
-        a = linear_mha(q, kv[..., :dim], kv[..., dim:], heads, p.phi, p.m_t, p.sh_t, p.m_l,
-                       p.sh_l)
+        a = linear_mha(q, kv[..., :dim], kv[..., dim:], heads, p.phi_q, p.phi_k, p.m_t, p.sh_t,
+                       p.m_l, p.sh_l)
     else:
         a = mha(q, kv[..., :dim], kv[..., dim:], heads, p.c_e, p.sh_e, p.m_a, p.sh_a)
     return requant(matmul(a, np.asarray(p.wo).T, p.bo), p.m_o, p.sh_o, *INT16)
@@ -214,18 +214,19 @@ def _linear_attention_op(arrays, cfg):
         raise InputError(f"v has {v.shape[0]} rows, q and k have {q.shape[0]}")
     tr = {}
     ref = linear_attention_float(q, k, v, tr.__setitem__)
-    s_qk = _scale8(max(np.abs(q).max(), np.abs(k).max()))
+    s_q, s_k = _scale8(np.abs(q).max()), _scale8(np.abs(k).max())
     s_v = _col8(np.abs(v).max(axis=0))
-    q8, k8, v8 = _q(q, s_qk, *INT8), _q(k, s_qk, *INT8), _q(v, s_v, *INT8)
-    s_phi = max(float(tr["phq"].max()), float(tr["phk"].max()), 1e-12) / 255.0
-    lut = elu1_lut(s_qk, s_phi)
+    q8, k8, v8 = _q(q, s_q, *INT8), _q(k, s_k, *INT8), _q(v, s_v, *INT8)
+    s_phq = max(float(tr["phq"].max()), 1e-12) / 255.0
+    s_phk = max(float(tr["phk"].max()), 1e-12) / 255.0
+    lut_q, lut_k = elu1_lut(s_q, s_phq), elu1_lut(s_k, s_phk)
     s_t = _col8(np.abs(tr["lt"]).max(axis=0))
-    m_t, sh_t = encode_multiplier(s_phi * np.append(s_v, 1.0) / s_t)
+    m_t, sh_t = encode_multiplier(s_phk * np.append(s_v, 1.0) / s_t)
     s_a = _col8(np.abs(ref).max(axis=0), 255.0)
     m_l, sh_l = encode_multiplier(s_t[:-1] / s_t[-1] / s_a / 65536.0)
-    gold = linear_attention(q8, k8, v8, lut, lut, m_t, sh_t, m_l, sh_l)
-    job = linear_attention_job(q8, k8, v8, lut, m_t, sh_t, m_l, sh_l, config=cfg)
-    return job, gold, s_a, ref, dict(s_qk=s_qk, s_phi=s_phi)
+    gold = linear_attention(q8, k8, v8, lut_q, lut_k, m_t, sh_t, m_l, sh_l)
+    job = linear_attention_job(q8, k8, v8, lut_q, lut_k, m_t, sh_t, m_l, sh_l, config=cfg)
+    return job, gold, s_a, ref, dict(s_q=s_q, s_k=s_k)
 
 
 def _layer_weights(arrays, D, *, full):

@@ -25,7 +25,8 @@ def encoder_layer(x, layer, heads, trace=None):
     k, v = kv[..., :dim], kv[..., dim:]
     att = {} if trace is not None else None
     if layer.linear:
-        a = linear_mha(q, k, v, heads, layer.phi, layer.m_t, layer.sh_t, layer.m_l, layer.sh_l)
+        a = linear_mha(q, k, v, heads, layer.phi_q, layer.phi_k, layer.m_t, layer.sh_t, layer.m_l,
+                       layer.sh_l)
     else:
         a = mha(q, k, v, heads, layer.c_e, layer.sh_e, layer.m_a, layer.sh_a, att)
     o = requant(matmul(a, layer.wo.T, layer.bo), layer.m_o, layer.sh_o, *INT16)
