@@ -42,7 +42,7 @@ def matmul_desc_layout():
         "b_base": unsigned(16),
         "p_base": unsigned(16),
         "out_base": unsigned(16), "out_stride": unsigned(16),
-        "dst": unsigned(2), "sat": unsigned(2),
+        "dst": unsigned(3), "sat": unsigned(2),   # hw.isa.Dst (AMEM_T = 4)
         "flags": unsigned(6),      # hw.isa.Flag: BIAS, ACCUM, RELU, RSCALE, REQ, ACT
         "act_sel": unsigned(1),    # ACT: the table (imm[0])
     })
@@ -79,6 +79,17 @@ def table_w_layout():
     return data.StructLayout({"addr": unsigned(9), "data": signed(9)})
 
 
+def _uses_wb(dst):
+    """dst BBUF_ROWS, BBUF_T or AMEM_T: results go through the write-back blocks."""
+    return dst[1] | dst[2]
+
+
+def _mul_const(x, c):
+    """``x·c`` for a small constant c as a sum of shifts (no multiplier is inferred)."""
+    terms = [x << b for b in range(c.bit_length()) if c >> b & 1]
+    return sum(terms[1:], terms[0]) if terms else Const(0)
+
+
 def _check_pow2(name, value, lo, hi):
     check_int(name, value, lo=lo, hi=hi)
     if value & (value - 1):
@@ -97,14 +108,14 @@ class PEArray(wiring.Component):
         free and no row operation runs (``ready = ~active & ~row_busy``); its first beat
         issues the next cycle.
     row_cmd : In(stream.Signature(row_desc_layout()))
-        A row operation (SOFTMAX, LAYERNORM, RADD), accepted when the array is idle.
+        A row operation (SOFTMAX, LAYERNORM, RADD, RECIP), accepted when the array is idle.
     active : Out(1)
         The sequencer is issuing beats of a MATMUL.
     row_busy : Out(1)
         A row operation runs (from acceptance until its last result and RS entry are written).
     busy : Out(1)
-        ``active``, any tile not yet written back (drains, requantization, BBUF write-back),
-        or ``row_busy``.
+        ``active``, any tile not yet written back (drains, requantization, BBUF/AMEM_T
+        write-back), or ``row_busy``.
     mac : Out(1)
         A beat was issued this cycle (the MAC array computes): counts MAC_CYCLES.
     stall_wb : Out(1)
@@ -122,8 +133,8 @@ class PEArray(wiring.Component):
     pbuf_w : In(stream.Signature(pbuf_w_layout(L)))
         DMA writes into PBUF (LOAD_P); always ready.
     amem_w : In(stream.Signature(amem_w_layout(P, L)))
-        DMA row writes into one PE's AMEM (LOAD_A); drain and row-unit writes (dst AMEM) have
-        priority.
+        DMA row writes into one PE's AMEM (LOAD_A); drain and row-unit writes (dst AMEM) and
+        the AMEM_T write-back have priority.
     cmem_w : In(stream.Signature(cmem_w_layout(P, L)))
         DMA row writes into one PE's CMEM (LOAD_C), accepted while the array is idle (no drain
         or row-unit write can share the cycle).
@@ -226,6 +237,13 @@ class PEArray(wiring.Component):
         row_t, wb_t = Signal(AB), Signal(AB)
         off_t = Signal(lsh)
         stride_big = Signal(AB)
+        row_step = Signal(16)        # T: one more L-row group (BBUF_T: out_stride, AMEM_T: 1)
+        # AMEM_T: the tile's first column c0 as (c0 div P)·out_stride/L (AMEM words, t_caddr)
+        # and c0 mod P (t_cpe); a tile steps c0 by L = (L div P)·P + L mod P.
+        t_caddr = Signal(AB)
+        t_cpe = Signal(range(max(P, 2)))
+        t_step = Signal(AB)          # (L div P)·out_stride/L
+        is_amt = Signal()
         first_tile = Signal()
         rpass = Signal(8)            # the row pass (its row-scale entry, RSCALE)
         gap_max = L + 4
@@ -234,7 +252,7 @@ class PEArray(wiring.Component):
         outstanding = Signal(8)
         wb_alloc = Signal()
 
-        is_bbuf = desc.dst[1]  # BBUF_ROWS (2) or BBUF_T (3)
+        is_bbuf = _uses_wb(desc.dst)  # BBUF_ROWS (2), BBUF_T (3) or AMEM_T (4): write-back
         # The issue decision uses registered flags only (it enables every sequencer register):
         # is_last (jrem = 0), ge_l / ge_l4 (since ≥ L / L + 4), no_credit (credits = 0).
         is_last, k_is_1 = Signal(), Signal()
@@ -282,7 +300,7 @@ class PEArray(wiring.Component):
         # in flight: loads are ≥ L ≥ 4 cycles apart, the beat pipeline is MAC_LATENCY + 1 = 6
         # deep).
         tile_layout = data.StructLayout({
-            "dst": unsigned(2), "flags": unsigned(6), "sat": unsigned(2), "rmask": unsigned(P),
+            "dst": unsigned(3), "flags": unsigned(6), "sat": unsigned(2), "rmask": unsigned(P),
             "ncols": range(L + 1), "e_tile": unsigned(AB), "pb_tile": unsigned(AB),
             "blk": unsigned(1), "mm_last": unsigned(1), "rpass": unsigned(8),
             "act_sel": unsigned(1),
@@ -292,10 +310,12 @@ class PEArray(wiring.Component):
         tile_now = Signal(tile_layout)
 
         # Write-back block descriptors, written at issue into the reserved block.
+        # AMEM_T (``amt``): ``base`` is the AMEM word of the tile's first column's first group,
+        # ``pe`` that column's PE (c mod P), ``stride`` the group step (1; BBUF_T: out_stride).
         blk_layout = data.StructLayout({
             "trans": unsigned(1), "rmask": unsigned(P), "ncols": range(L + 1),
             "base": unsigned(AB), "off": unsigned(lsh), "ngroups": range(P // L + 3),
-            "stride": unsigned(16),
+            "stride": unsigned(16), "amt": unsigned(1), "pe": range(max(P, 2)),
         })
         blkmeta = [Signal(blk_layout, name=f"blkmeta{k}") for k in range(2)]
         blk_now = Signal(blk_layout)
@@ -306,13 +326,18 @@ class PEArray(wiring.Component):
             tile_now.rpass.eq(rpass), tile_now.act_sel.eq(desc.act_sel),
             # the MATMUL's last tile: last tile of the last pass
             tile_now.mm_last.eq(is_zero(trem) & is_zero(passes_left)),
-            blk_now.trans.eq(desc.dst == Dst.BBUF_T), blk_now.rmask.eq(rmask),
-            blk_now.ncols.eq(ncols), blk_now.base.eq(Mux(desc.dst == Dst.BBUF_T, wb_t, wb_rows)),
-            blk_now.off.eq(off_t), blk_now.ngroups.eq(ngroups), blk_now.stride.eq(desc.out_stride),
+            blk_now.trans.eq((desc.dst == Dst.BBUF_T) | is_amt), blk_now.rmask.eq(rmask),
+            blk_now.ncols.eq(ncols),
+            blk_now.base.eq(Mux(desc.dst == Dst.BBUF_T, wb_t,
+                                Mux(is_amt, row_t + t_caddr, wb_rows))),
+            blk_now.off.eq(off_t), blk_now.ngroups.eq(ngroups),
+            blk_now.stride.eq(Mux(is_amt, 1, desc.out_stride)),
+            blk_now.amt.eq(is_amt), blk_now.pe.eq(t_cpe),
         ]
 
         with m.If(self.cmd.valid & self.cmd.ready):
             d = self.cmd.payload
+            d_amt = d.dst == Dst.AMEM_T
             m.d.sync += [
                 desc.eq(d), active.eq(1), jrem.eq(d.k - 1), jfirst.eq(1), trem.eq(d.tiles - 1),
                 is_last.eq(d.k == 1), k_is_1.eq(d.k == 1),
@@ -321,8 +346,12 @@ class PEArray(wiring.Component):
                 n0.eq(0), rows_left.eq(d.rows),
                 out_row.eq(d.out_base), e_tile.eq(d.out_base), pb_tile.eq(d.p_base),
                 n_left.eq(d.ncols), wb_rows.eq(d.out_base),
-                row_t.eq(d.out_base), wb_t.eq(d.out_base), off_t.eq(0),
-                stride_big.eq(d.out_stride * (P // L)),
+                row_t.eq(Mux(d_amt, d.out_base >> lsh, d.out_base)), wb_t.eq(d.out_base),
+                off_t.eq(0),
+                stride_big.eq(Mux(d_amt, P // L, d.out_stride * (P // L))),
+                row_step.eq(Mux(d_amt, 1, d.out_stride)),
+                t_caddr.eq(0), t_cpe.eq(0), is_amt.eq(d_amt),
+                t_step.eq(_mul_const(d.out_stride >> lsh, L // P)),
                 first_tile.eq(1), rpass.eq(0),
             ]
 
@@ -365,8 +394,9 @@ class PEArray(wiring.Component):
                         pb_tile.eq(desc.p_base), n_left.eq(desc.ncols),
                         wb_rows.eq(desc.out_base + n0 + P),
                         off_t.eq(Mux(carry, off_next - L, off_next)),
-                        row_t.eq(row_t + stride_big + Mux(carry, desc.out_stride, 0)),
-                        wb_t.eq(row_t + stride_big + Mux(carry, desc.out_stride, 0)),
+                        row_t.eq(row_t + stride_big + Mux(carry, row_step, 0)),
+                        wb_t.eq(row_t + stride_big + Mux(carry, row_step, 0)),
+                        t_caddr.eq(0), t_cpe.eq(0),
                     ]
                     with m.If(is_zero(passes_left)):
                         m.d.sync += active.eq(0)
@@ -375,6 +405,12 @@ class PEArray(wiring.Component):
                         trem.eq(trem - 1), a_addr.eq(a_row),
                         e_tile.eq(e_tile + L), pb_tile.eq(pb_tile + 1), n_left.eq(n_left - L),
                         wb_rows.eq(wb_rows + desc.out_stride), wb_t.eq(wb_t + L),
+                    ]
+                    cpe_next = t_cpe + (L % P)
+                    cwrap = cpe_next >= P
+                    m.d.sync += [
+                        t_cpe.eq(Mux(cwrap, cpe_next - P, cpe_next)),
+                        t_caddr.eq(t_caddr + t_step + Mux(cwrap, desc.out_stride >> lsh, 0)),
                     ]
 
         # B word: BBUF data in M1, registered for M2, registered again in each PE (M3).
@@ -421,7 +457,7 @@ class PEArray(wiring.Component):
         # Element metadata pipeline D0 … D_Y.
         meta_layout = data.StructLayout({
             "valid": unsigned(1), "col_valid": unsigned(1), "rmask": unsigned(P),
-            "e": unsigned(AB), "i": unsigned(lsh), "dst": unsigned(2), "relu": unsigned(1),
+            "e": unsigned(AB), "i": unsigned(lsh), "dst": unsigned(3), "relu": unsigned(1),
             "sat": unsigned(2), "tile_end": unsigned(1), "blk": unsigned(1),
             "mm_end": unsigned(1), "rscale": unsigned(1), "req": unsigned(1),
             "act": unsigned(1), "act_sel": unsigned(1),
@@ -495,8 +531,17 @@ class PEArray(wiring.Component):
         m.d.sync += mm_done.eq(mm_done + done_now)
         m.d.comb += self.mm_done.eq(mm_done)
 
+        # Output register of the write-back writer (below): a BBUF word, or (o_amt, AMEM_T) an
+        # AMEM word of PE o_pe (int9 elements).
+        o_valid, o_amt = Signal(), Signal()
+        o_addr = Signal(16)
+        o_data = Signal(9 * L)
+        o_mask = Signal(L)
+        o_pe = Signal(range(max(P, 2)))
+
         # Result writes: the drain (dst AMEM in D_Y; dst CMEM in D_WRITE, with REQ in D_Y) or
-        # the row unit (R_Y); the DMA's LOAD_A writes wait in those cycles.
+        # the row unit (R_Y), then the AMEM_T write-back (it holds while they write); the DMA's
+        # LOAD_A writes wait in those cycles.
         rw_amem = rseq.w_valid & (rseq.w_dst == Dst.AMEM)
         rw_cmem = rseq.w_valid & is_zero(rseq.w_dst)
         drain_amem = my.valid & (my.dst == Dst.AMEM)
@@ -506,7 +551,9 @@ class PEArray(wiring.Component):
         # data directly (a MATMUL or row operation accepted now writes CMEM ≥ 5 cycles later).
         c_dma = Signal()
         m.d.sync += c_dma.eq(~busy)
-        m.d.comb += [self.amem_w.ready.eq(~drain_amem & ~rw_amem),
+        wb_amem = o_valid & o_amt
+        wb_stall = wb_amem & (drain_amem | rw_amem)
+        m.d.comb += [self.amem_w.ready.eq(~drain_amem & ~rw_amem & ~wb_amem),
                      self.cmem_w.ready.eq(c_dma), self.table_w.ready.eq(1)]
         aw, cwp, tw = self.amem_w.payload, self.cmem_w.payload, self.table_w.payload
         is_ln = rseq.rop.op == RowOp.LAYERNORM
@@ -555,6 +602,11 @@ class PEArray(wiring.Component):
                     pe.aw_addr.eq(my.e[lsh:]), pe.aw_from_y.eq(1),
                     pe.aw_en.eq(Mux(my.col_valid & my.rmask[p], 1 << my.e[:lsh], 0)),
                 ]
+            with m.Elif(wb_amem):
+                m.d.comb += [
+                    pe.aw_addr.eq(o_addr), pe.aw_data.eq(o_data),
+                    pe.aw_en.eq(Mux(is_zero(o_pe) if p == 0 else o_pe == p, o_mask, 0)),
+                ]
             with m.Else():
                 m.d.comb += [
                     pe.aw_addr.eq(aw.addr), pe.aw_data.eq(aw.data),
@@ -562,15 +614,17 @@ class PEArray(wiring.Component):
                 ]
 
         # ------------------------------------------------------------------ write-back
-        # Two blocks of P×L bytes: the drain fills one (D_Y) while the writer empties the other.
-        blk = [[Signal(8 * L, name=f"blk{b}_{p}") for p in range(P)] for b in range(2)]
+        # Two blocks of P×L int9 (BBUF takes the low 8 bits, AMEM_T all 9): the drain fills one
+        # (D_Y) while the writer empties the other.
+        E = 9
+        blk = [[Signal(E * L, name=f"blk{b}_{p}") for p in range(P)] for b in range(2)]
         full = Signal(2)
         byte_at = Signal(L)
-        m.d.comb += byte_at.eq(Mux(my.valid & my.dst[1], 1 << my.i, 0))
+        m.d.comb += byte_at.eq(Mux(my.valid & _uses_wb(my.dst), 1 << my.i, 0))
         for b in range(2):
             for i in range(L):
                 with m.If(byte_at[i] & (my.blk == b)):
-                    m.d.sync += [blk[b][p][8 * i:8 * i + 8].eq(pe.y[:8])
+                    m.d.sync += [blk[b][p][E * i:E * i + E].eq(pe.y[:E])
                                  for p, pe in enumerate(pes)]
 
         w_busy = Signal()
@@ -579,58 +633,71 @@ class PEArray(wiring.Component):
         w_p = Signal(range(max(P, L) + 1))   # row (ROWS) or column (T)
         w_g = Signal(range(P // L + 3))
         w_addr = Signal(AB)                  # T: address of group w_g of column w_p
+        w_col = Signal(AB)                   # AMEM_T: address of group 0 of column w_p
+        w_pe = Signal(range(max(P, 2)))      # AMEM_T: the PE of column w_p
         w_done = Signal()
-        # Output register of the writer → BBUF write port.
-        o_valid = Signal()
-        o_addr = Signal(16)
-        o_data = Signal(8 * L)
-        o_mask = Signal(L)
 
-        col = Cat(*(select(Mux(w_blk, blk[1][p], blk[0][p]), w_p[:lsh], 8) for p in range(P)))
+        col = Cat(*(select(Mux(w_blk, blk[1][p], blk[0][p]), w_p[:lsh], E) for p in range(P)))
         pbits = max(1, (P - 1).bit_length())
         rowdata = Mux(w_blk, pick(blk[1], w_p[:pbits]), pick(blk[0], w_p[:pbits]))
         colmask = wm.rmask
         # Window of group g: slot s holds row p = g·L + s − off.
         pad = L
-        col_pad = Cat(Const(0, 8 * pad), col, Const(0, 8 * pad))
+        col_pad = Cat(Const(0, E * pad), col, Const(0, E * pad))
         msk_pad = Cat(Const(0, pad), colmask, Const(0, pad))
         start = Signal(range(2 * L + P + 1))
         m.d.comb += start.eq(pad + (w_g << lsh) - wm.off)
-        win_data = (col_pad >> (start * 8))[:8 * L]
+        # Shifted by whole elements, one mux stage per bit of start (a shift by start·9 would
+        # infer a multiplier or a deeper barrel shifter).
+        win = col_pad
+        for b in range(len(start)):
+            win = Mux(start[b], win >> (E << b), win)
+        win_data = win[:E * L]
         win_mask = (msk_pad >> start)[:L]
 
-        m.d.sync += o_valid.eq(0)
-        with m.If(~w_busy):
-            bm = data.View(blk_layout, Mux(w_blk, blkmeta[1].as_value(), blkmeta[0].as_value()))
-            with m.If(Mux(w_blk, full[1], full[0])):
-                m.d.sync += [w_busy.eq(1), wm.eq(bm), w_p.eq(0), w_g.eq(0), w_addr.eq(bm.base)]
-        with m.Elif(~wm.trans):
-            # BBUF_ROWS: word out_base + t·out_stride + n holds row n's L results.
-            m.d.sync += [
-                o_valid.eq((wm.rmask >> w_p)[0] & wm.ncols.any()),
-                o_addr.eq(wm.base + w_p), o_data.eq(rowdata),
-                o_mask.eq((Const(1, L + 1) << wm.ncols) - 1),
-                w_p.eq(w_p + 1),
-            ]
-            m.d.comb += w_done.eq(w_p == P - 1 if P > 1 else is_zero(w_p))
-        with m.Else():
-            # BBUF_T: word out_base + (n div L)·out_stride + c holds rows of column c.
-            m.d.sync += [
-                o_valid.eq(win_mask.any() & (w_p < wm.ncols)),
-                o_addr.eq(w_addr + w_p), o_data.eq(win_data), o_mask.eq(win_mask),
-                w_g.eq(w_g + 1), w_addr.eq(w_addr + wm.stride),
-            ]
-            with m.If(w_g == wm.ngroups - 1):
-                m.d.sync += [w_g.eq(0), w_addr.eq(wm.base), w_p.eq(w_p + 1)]
-            m.d.comb += w_done.eq((w_g == wm.ngroups - 1) &
-                                  ((w_p == L - 1) | (w_p + 1 >= wm.ncols)))
-        with m.If(w_busy & w_done):
-            m.d.sync += [w_busy.eq(0), w_blk.eq(~w_blk)]
+        # The writer holds while the drain or the row unit writes AMEM (wb_stall; an AMEM_T
+        # word waits in the output register).
+        with m.If(~wb_stall):
+            m.d.sync += o_valid.eq(0)
+            with m.If(~w_busy):
+                bm = data.View(blk_layout,
+                               Mux(w_blk, blkmeta[1].as_value(), blkmeta[0].as_value()))
+                with m.If(Mux(w_blk, full[1], full[0])):
+                    m.d.sync += [w_busy.eq(1), wm.eq(bm), w_p.eq(0), w_g.eq(0),
+                                 w_addr.eq(bm.base), w_col.eq(bm.base), w_pe.eq(bm.pe)]
+            with m.Elif(~wm.trans):
+                # BBUF_ROWS: word out_base + t·out_stride + n holds row n's L results.
+                m.d.sync += [
+                    o_valid.eq((wm.rmask >> w_p)[0] & wm.ncols.any()), o_amt.eq(0),
+                    o_addr.eq(wm.base + w_p), o_data.eq(rowdata),
+                    o_mask.eq((Const(1, L + 1) << wm.ncols) - 1),
+                    w_p.eq(w_p + 1),
+                ]
+                m.d.comb += w_done.eq(w_p == P - 1 if P > 1 else is_zero(w_p))
+            with m.Else():
+                # BBUF_T: word out_base + (n div L)·out_stride + c holds rows of column c.
+                # AMEM_T: word out_base/L + (c div P)·out_stride/L + n div L of PE c mod P.
+                m.d.sync += [
+                    o_valid.eq(win_mask.any() & (w_p < wm.ncols)), o_amt.eq(wm.amt),
+                    o_addr.eq(w_addr + Mux(wm.amt, 0, w_p)), o_data.eq(win_data),
+                    o_mask.eq(win_mask), o_pe.eq(w_pe),
+                    w_g.eq(w_g + 1), w_addr.eq(w_addr + wm.stride),
+                ]
+                with m.If(w_g == wm.ngroups - 1):
+                    # Next column: AMEM_T steps its PE, and its word by out_stride/L on a wrap.
+                    pe_wrap = (w_pe == P - 1) if P > 1 else Const(1)
+                    col_next = w_col + Mux(wm.amt & pe_wrap, desc.out_stride >> lsh, 0)
+                    m.d.sync += [w_g.eq(0), w_addr.eq(col_next), w_col.eq(col_next),
+                                 w_p.eq(w_p + 1), w_pe.eq(Mux(pe_wrap, 0, w_pe + 1))]
+                m.d.comb += w_done.eq((w_g == wm.ngroups - 1) &
+                                      ((w_p == L - 1) | (w_p + 1 >= wm.ncols)))
+            with m.If(w_busy & w_done):
+                m.d.sync += [w_busy.eq(0), w_blk.eq(~w_blk)]
 
         # Block bookkeeping: filled at the drain's tile end, emptied by the writer. A finished
         # block is released one cycle later (wdone_r: off the writer's compare chain), when its
         # last word is in the BBUF write port.
-        fill_done = my.tile_end & my.dst[1]
+        fill_done = my.tile_end & _uses_wb(my.dst)
         wdone = w_busy & w_done
         wdone_r, wblk_r = Signal(), Signal()
         m.d.sync += [wdone_r.eq(wdone), wblk_r.eq(w_blk)]
@@ -646,15 +713,17 @@ class PEArray(wiring.Component):
             no_credit.eq(Mux(take & ~wdone_r, credits == 1,
                              ~(wdone_r | take) & is_zero(credits))),
         ]
-        drained = my.tile_end & ~my.dst[1]
+        drained = my.tile_end & ~_uses_wb(my.dst)
         m.d.sync += outstanding.eq(outstanding + last_issue - drained - wdone_r)
 
         # BBUF write port: write-back first, then the DMA.
+        o_bbuf = o_valid & ~o_amt
+        o_bytes = Cat(*(o_data[E * i:E * i + 8] for i in range(L)))
         m.d.comb += [
-            self.bbuf_w.ready.eq(~o_valid),
-            bbuf.w_addr.eq(Mux(o_valid, o_addr, self.bbuf_w.payload.addr)),
-            bbuf.w_data.eq(Mux(o_valid, o_data, self.bbuf_w.payload.data)),
-            bbuf.w_en.eq(Mux(o_valid, o_mask,
+            self.bbuf_w.ready.eq(~o_bbuf),
+            bbuf.w_addr.eq(Mux(o_bbuf, o_addr, self.bbuf_w.payload.addr)),
+            bbuf.w_data.eq(Mux(o_bbuf, o_bytes, self.bbuf_w.payload.data)),
+            bbuf.w_en.eq(Mux(o_bbuf, o_mask,
                             Mux(self.bbuf_w.valid, self.bbuf_w.payload.mask, 0))),
         ]
         return m

@@ -52,7 +52,7 @@ class Controller(wiring.Component):
         ``dma_loads``: loads queued or running (the load lag of MATMUL and row operations).
     array : Out(stream.Signature(matmul_desc_layout())); row : Out(stream.Signature(
     row_desc_layout())); array_active, array_busy, array_mac, array_stall_wb : In(1)
-        MATMULs and row operations (SOFTMAX, LAYERNORM, RADD) to the array.
+        MATMULs and row operations (SOFTMAX, LAYERNORM, RADD, RECIP) to the array.
     imem_w_en, imem_w_addr, imem_w_data : In
         Program words from the DMA engine.
 
@@ -64,7 +64,7 @@ class Controller(wiring.Component):
     Interlocks (docs/architecture.md, *Ordering*): a MATMUL or row operation waits until at
     most ``lag`` (``ext_addr[7:0]``) loads are queued or running in the DMA (loads complete in
     order, so every earlier one but the last ``lag`` has landed; queued STORE_Cs do not hold
-    it). A MATMUL also waits, behind a MATMUL with dst AMEM/BBUF_* or REQ or behind a row
+    it). A MATMUL also waits, behind a MATMUL with dst AMEM/BBUF_*/AMEM_T or REQ or behind a row
     operation, until the array is idle; a row operation always waits until the array is idle.
     Array operations are numbered (a wrapping count of those issued, never reset); a STORE_C
     carries the count issued before it as its ``tag``, and the DMA starts it once the array's
@@ -134,23 +134,28 @@ class Controller(wiring.Component):
         bad1 = Signal()
         is_mm = op == Op.MATMUL
         is_sm, is_ln, is_radd = op == Op.SOFTMAX, op == Op.LAYERNORM, op == Op.RADD
-        is_row = is_sm | is_ln | is_radd
+        is_rcp = op == Op.RECIP
+        is_row = is_sm | is_ln | is_radd | is_rcp
         is_dmaop = ((op == Op.LOAD_B) | (op == Op.LOAD_A) | (op == Op.LOAD_P) |
                     (op == Op.STORE_C) | (op == Op.LOAD_C) | (op == Op.LOAD_T))
         accum, rscale, req, act = fl[1], fl[3], fl[4], fl[5]    # hw.isa.Flag bits
         tl = f.tiles << lsh
-        sat_ok = Mux(f.dst == Dst.AMEM, f.sat != Sat.INT16,
+        dst_a = (f.dst == Dst.AMEM) | (f.dst == Dst.AMEM_T)     # int9 into AMEM
+        dst_amt = f.dst == Dst.AMEM_T
+        sat_ok = Mux(dst_a, f.sat != Sat.INT16,
                      Mux(f.dst[1], is_zero(f.sat), 1))   # BBUF: Sat.INT8 only
         allowed = Signal(8)      # the flag bits the opcode has
         m.d.comb += allowed.eq(Mux(is_mm, 0x3F, Mux(is_sm, Flag.NORM, 0)))
-        mm_bad = (is_zero(f.rows) | is_zero(f.k) | is_zero(f.tiles) | (f.dst > 3) |
+        mm_bad = (is_zero(f.rows) | is_zero(f.k) | is_zero(f.tiles) | (f.dst > Dst.AMEM_T) |
                   (f.sat > 3) | (f.count > tl) | ~sat_ok |
-                  (accum & f.dst[1]) |                                   # ACCUM: CMEM/AMEM
+                  (accum & (f.dst[1] | dst_amt)) |                       # ACCUM: CMEM/AMEM
                   (req & f.dst.any()) |                                  # REQ: dst CMEM
-                  (act & ((f.dst != Dst.AMEM) | f.sat.any())) |          # ACT: AMEM, INT8
-                  (rscale & is_zero(f.dst) & ~req))                      # RSCALE → CMEM: REQ
+                  (act & (~dst_a | f.sat.any())) |                       # ACT: AMEM(_T), INT8
+                  (rscale & is_zero(f.dst) & ~req) |                     # RSCALE → CMEM: REQ
+                  (dst_amt & (f.out_base[:lsh].any() | f.out_stride[:lsh].any())))  # L-aligned
         row_bad = (is_zero(f.k) | (f.k > MAX_ROW_K) | is_zero(f.rows) | (f.dst > Dst.AMEM) |
-                   (~is_sm & ((f.sat > 3) | ((f.dst == Dst.AMEM) & (f.sat == Sat.INT16)))))
+                   (~is_sm & ((f.sat > 3) | ((f.dst == Dst.AMEM) & (f.sat == Sat.INT16)))) |
+                   (is_rcp & ((f.k != 1) | f.dst.any())))    # RECIP: k = 1, writes RS only
         lt_bad = (op == Op.LOAD_T) & (f.a_base + f.count > ACT_ENTRIES)
         # Stage 2: multiplier operands. Stage 3: products. Stage 4: ends. Stage 5: compares.
         # Stage 6: the error code (first failing check). One register level per step.
@@ -182,11 +187,15 @@ class Controller(wiring.Component):
         # Stage 2 (and the row-scale bound: RSCALE or SOFTMAX in attention mode use one RS
         # entry per local row).
         rm1 = Mux(is_zero(passes1), 0, passes1 - 1)
-        rs_bad = ((is_mm & rscale) | (is_sm & ~fl[3])) & (passes1 > RS_ENTRIES)
+        rs_bad = (((is_mm & rscale) | (is_sm & ~fl[3]) | is_rcp) &
+                  (passes1 > RS_ENTRIES))
+        # AMEM_T: ⌈N/P⌉ − 1 column groups of out_stride (N ≥ 1 unless tiles = 0: BAD_FIELD).
+        cg1 = ceil_div_const(n1, P, 17)
         with m.If(is_mm):
             m.d.sync += [fa2.eq(rm1), fb2.eq(f.tiles), fbm2.eq(f.k),
                          fo2.eq(Mux(f.dst == Dst.BBUF_ROWS, f.tiles - 1,
-                                    Mux(f.dst == Dst.BBUF_T, rowsl1 - 1, rm1)))]
+                                    Mux(f.dst == Dst.BBUF_T, rowsl1 - 1,
+                                        Mux(dst_amt, cg1 - 1, rm1))))]
         with m.Elif((op == Op.LOAD_A) | is_row):
             m.d.sync += [fa2.eq(rm1), fb2.eq(rm1), fbm2.eq(f.imm[:16]), fo2.eq(rm1)]
         with m.Else():
@@ -204,7 +213,7 @@ class Controller(wiring.Component):
         m.d.sync += region(a_lim4, a_code4, D["amem"], ErrorCode.AMEM_RANGE)
         m.d.sync += region(b_lim4, b_code4, D["bbuf"], ErrorCode.BBUF_RANGE)
         with m.If(is_mm):
-            o_extent = Mux(f.dst == Dst.BBUF_ROWS, f.rows, n3)
+            o_extent = Mux((f.dst == Dst.BBUF_ROWS) | dst_amt, f.rows, n3)
             m.d.sync += [
                 a_end4.eq(f.a_base + pa3 + f.k), check_a4.eq(1),
                 b_end4.eq(f.b_base + pb3), check_b4.eq(1),
@@ -215,17 +224,18 @@ class Controller(wiring.Component):
             ]
             with m.If(is_zero(f.dst)):
                 m.d.sync += region(o_lim4, o_code4, D["cmem"], ErrorCode.CMEM_RANGE)
-            with m.Elif(f.dst == Dst.AMEM):
+            with m.Elif(dst_a):
                 m.d.sync += region(o_lim4, o_code4, D["amem"], ErrorCode.AMEM_RANGE)
             with m.Else():
                 m.d.sync += region(o_lim4, o_code4, D["bbuf"], ErrorCode.BBUF_RANGE)
         with m.Elif(is_row):
-            # Source rows in CMEM; RADD's x in AMEM; the destination; PBUF (LAYERNORM, RADD).
+            # Source rows in CMEM; RADD's x in AMEM; the destination (RECIP: none, it writes
+            # RS); PBUF (LAYERNORM, RADD).
             m.d.sync += [
                 a_end4.eq(f.a_base + pa3 + f.k), check_a4.eq(1),
                 b_end4.eq(f.b_base + pb3 + f.k), check_b4.eq(is_radd),
-                p_end4.eq(f.p_base + kt1), check_p4.eq(~is_sm),
-                o_end4.eq(f.out_base + po3 + f.k), check_o4.eq(1),
+                p_end4.eq(f.p_base + kt1), check_p4.eq(~is_sm & ~is_rcp),
+                o_end4.eq(f.out_base + po3 + f.k), check_o4.eq(~is_rcp),
             ]
             m.d.sync += region(a_lim4, a_code4, D["cmem"], ErrorCode.CMEM_RANGE)
             m.d.sync += region(b_lim4, b_code4, D["amem"], ErrorCode.AMEM_RANGE)
@@ -302,7 +312,7 @@ class Controller(wiring.Component):
         ]
         rd = self.row.payload
         m.d.comb += [
-            rd.op.eq(op[:2]),     # SOFTMAX 0x30, LAYERNORM 0x31, RADD 0x32 → hw.pe.RowOp
+            rd.op.eq(op[:2]),     # SOFTMAX 0x30, LAYERNORM 0x31, RADD 0x32, RECIP 0x33 → RowOp
             rd.norm.eq(fl[3]), rd.rows.eq(f.rows), rd.passes.eq(passes1), rd.k.eq(f.k),
             rd.a_base.eq(f.a_base), rd.a_stride.eq(f.a_stride), rd.b_base.eq(f.b_base),
             rd.b_stride.eq(f.imm[:16]), rd.out_base.eq(f.out_base),

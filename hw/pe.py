@@ -181,6 +181,7 @@ class RowOp(enum.IntEnum):
     SOFTMAX = 0
     LAYERNORM = 1
     RADD = 2
+    RECIP = 3    # linear attention's normalizer: RS entries from int32 denominators
 
 
 class Pass(enum.IntEnum):

@@ -1,5 +1,5 @@
-"""Row unit: SOFTMAX, LAYERNORM and RADD (docs/isa_transformer.md), one element per cycle per
-PE, all PEs in lockstep.
+"""Row unit: SOFTMAX, LAYERNORM, RADD and RECIP (docs/isa_transformer.md), one element per cycle
+per PE, all PEs in lockstep.
 
 Golden models: :func:`sim.golden.exp_weights` with ``mantissa15(divide(2³², Σw), 24)``
 (SOFTMAX, attention mode), :func:`sim.golden.softmax` (NORM), :func:`sim.golden.layernorm`,
@@ -22,7 +22,10 @@ the row's parity. The sequencer runs the statistics of row r + 1 before the outp
     A(0) [B(0)]  A(1) [B(1)]  OUT(0)  A(2) [B(2)]  OUT(1)  …  OUT(n−1)
 
 so a row's job overlaps the next row's statistics pass. The job of SOFTMAX in attention mode
-is the divide of the output pass's Σw and the RS write (nothing waits for it). Each job takes
+is the divide of the output pass's Σw and the RS write (nothing waits for it). RECIP has one
+output pass of one element per row (its denominator, k = 1) and no statistics pass; the
+element starts the same job in R_DATA with the clipped denominator as divisor (``mantissa15``
+with shift 16; RS (0, 0) for den ≤ 0) and nothing is written but RS. Each job takes
 a fixed number of cycles; the sequencer holds the last element of a pass that starts a job
 until the previous job has finished, and the first element of an output pass until its row's
 job has finished (LAYERNORM, NORM).
@@ -50,7 +53,7 @@ R27     ``y`` (after the PE's activation stage, unused here): written to the des
 registers from then on): LAYERNORM ``LN_DONE`` = 58 (13 + 6 + 14 radix-4 Booth digits for
 Σh·r_D, k·μ and (k·μ − 2Σh)·μ, one step more each, then the rsqrt), SOFTMAX NORM ``NORM_DONE``
 = 51 and attention ``ATTN_DONE`` = 63 (a 34-cycle serial divide, plus ``mantissa15`` for the
-RS entry).
+RS entry), RECIP ``RECIP_DONE`` = 42 (the same job from R_DATA).
 
 **Cycle cost** of a row operation (``busy`` from the cycle after acceptance to the cycle after
 the last write): ``⌈rows/P⌉`` rows of ``n_p·k`` element cycles (n_p = 2 for SOFTMAX and
@@ -59,7 +62,8 @@ plus the pipeline (``R_Y + 2`` = 29) and, for the last row, at most one job late
 ``⌈rows/P⌉·max(n_p·k, DONE + 1) + DONE + 30`` at most. When ``n_p·k ≥ DONE + 1`` the rows
 stream without a gap: LAYERNORM takes exactly ``⌈rows/P⌉·2k + 29``, SOFTMAX (attention)
 ``⌈rows/P⌉·2k + 65`` (the last RS write), RADD always ``⌈rows/P⌉·k + 29``
-(tests/test_rowunit.py checks these). KWT-1 at P = 8: a softmax of 13 local rows of 99 scores
+(tests/test_rowunit.py checks these); RECIP ``⌈rows/P⌉·(RECIP_DONE + 1) + 2``
+(tests/test_linear_attention_rtl.py). KWT-1 at P = 8: a softmax of 13 local rows of 99 scores
 takes 2 639 cycles, a LayerNorm of 13 rows of 64 takes 1 693, a residual add 861.
 """
 import enum
@@ -189,6 +193,8 @@ class RowDatapath(wiring.Component):
     LN_DONE = R_Q1 + LN_STEPS + 1
     NORM_DONE = R_S2 + SerialDivider.LATENCY + 2
     ATTN_DONE = R_Y2 + SerialDivider.LATENCY + 5
+    #: RECIP: the attention job, started by the element itself (R_DATA).
+    RECIP_DONE = R_DATA + SerialDivider.LATENCY + 5
 
     def __init__(self):
         ctl = row_ctl_layout()
@@ -210,8 +216,10 @@ class RowDatapath(wiring.Component):
         # The operation decoded here, registered: it is constant while the operation runs and
         # its first element reaches R_DATA three cycles after the sequencer took it.
         sm, ln, radd, norm = Signal(), Signal(), Signal(), Signal()
+        rcp = Signal()
         m.d.sync += [sm.eq(_is(op.op, RowOp.SOFTMAX)), ln.eq(op.op == RowOp.LAYERNORM),
-                     radd.eq(op.op == RowOp.RADD), norm.eq(op.norm)]
+                     radd.eq(op.op == RowOp.RADD), norm.eq(op.norm),
+                     rcp.eq(op.op == RowOp.RECIP)]
         c_e, sh_e = op.imm[:16], op.imm[16:22]
         r_d = op.imm[:25]
 
@@ -245,6 +253,11 @@ class RowDatapath(wiring.Component):
             m.d.sync += hsum.eq(tot)
             with m.If(cd.last):
                 m.d.sync += hsum_fin.eq(tot)
+        # RECIP: the row's one element is the denominator (the sequencer sets ``acc`` for it):
+        # clip(den, 2^16, 2^31 − 1) becomes the divisor, den > 0 decides the RS entry.
+        den_pos = Signal()
+        with m.If(cd.acc & rcp):
+            m.d.sync += [sig_fin.eq(Mux(S < (1 << 16), 1 << 16, S[:31])), den_pos.eq(S > 0)]
         z = Signal(signed(34))
         cdev = Signal(signed(29))
         m.d.comb += [z.eq(Mp - S), cdev.eq(h - Mux(cd.par, mu[1], mu[0]))]
@@ -329,7 +342,7 @@ class RowDatapath(wiring.Component):
         q_step = 1 + SerialDivider.LATENCY          # step in which the quotient is valid
         a_last = q_step + 3                         # attention: the RS entry is ready
         trig_ln = cq.acc & cq.last
-        trig_div = (cs.acc & cs.last) | (cy.acc & cy.last)
+        trig_div = (cs.acc & cs.last) | (cy.acc & cy.last) | (cd.acc & cd.last & rcp)
         # The job's last step, registered (a cycle ahead, as the step flags below).
         js_last = Signal()
         m.d.sync += js_last.eq(js.any() & Mux(job == _Job.LN, js == self.LN_STEPS - 1,
@@ -355,7 +368,8 @@ class RowDatapath(wiring.Component):
                 m.d.sync += flag.eq((job == kind) & in_range)
             return flag
 
-        # SOFTMAX: r = divide(2³², σ) (σ ≥ 255: the row maximum alone gives w = 255).
+        # SOFTMAX: r = divide(2³², σ) (σ ≥ 255: the row maximum alone gives w = 255); RECIP:
+        # r = divide(2³², clip(den, 2^16, 2^31 − 1)).
         m.submodules.div = div = SerialDivider()
         m.d.comb += [div.start.eq(step(_Job.DIV, 1)), div.n.eq(1 << 32), div.d.eq(sig_fin)]
         qq = Signal(33)
@@ -381,7 +395,10 @@ class RowDatapath(wiring.Component):
             m.d.sync += mm.eq((tt >> 1) + tt[0])            # rshift_round(r, k) ≤ 2^15
         with m.If(step(_Job.DIV, a_last)):
             top = mm == (1 << 15)
-            m.d.sync += [self.rs_m.eq(Mux(top, 1 << 14, mm)), self.rs_sh.eq(24 - kk - top)]
+            # RECIP: mantissa15(r, 16), or (0, 0) for den ≤ 0 (the row's output is 0).
+            zero = rcp & ~den_pos
+            m.d.sync += [self.rs_m.eq(Mux(zero, 0, Mux(top, 1 << 14, mm))),
+                         self.rs_sh.eq(Mux(zero, 0, Mux(rcp, 16, 24) - kk - top))]
 
         # LAYERNORM: μ = rshift_round(Σh·r_D, 24); v = Σh² + μ·(k·μ − 2Σh) + E
         # (= Σ(h − μ)² + E exactly); (R, p) = rsqrt(v). Three products on a radix-4 Booth
@@ -474,7 +491,7 @@ class RowSequencer(wiring.Component):
         in every PE p with ``w_rmask[p]`` (rows ≥ ``rows`` are never written).
     w_dst : Out(2)
     rs_we : Out(P), rs_waddr : Out(8)
-        RS write of the PEs' ``rs_m``/``rs_sh`` (SOFTMAX, attention mode).
+        RS write of the PEs' ``rs_m``/``rs_sh`` (SOFTMAX attention mode, RECIP).
     """
     #: Cycles from a PBUF read address to the value at a PE's ``m``/``sh`` (the array's
     #: PBUF path: bank registers, select, one more register) and at ``bias``.
@@ -518,6 +535,7 @@ class RowSequencer(wiring.Component):
         # only (the descriptor fans out to every PE). Per operation: which pass starts a job,
         # whether output passes wait for it; per pass: its kind's flags and row parity.
         f_ln, f_radd, f_attn, f_norm = Signal(), Signal(), Signal(), Signal()
+        f_rcp = Signal()              # RECIP: one element per row, writes RS only
         f_wait = Signal()             # LAYERNORM, NORM: an output pass waits for its row's job
         done_val = Signal(7)          # the job latency of the operation
         p_out, p_job, p_wait, p_par = Signal(), Signal(), Signal(), Signal()
@@ -559,7 +577,7 @@ class RowSequencer(wiring.Component):
         m.d.sync += [ctl[k + 1].eq(ctl[k]) for k in range(RY)]
         # Each exported stage's `acc`: the element updates that stage's statistic (decoded here
         # once, not in every PE).
-        for stage, acc in ((RD.R_DATA, lambda c: _is(c.kind, Pass.A)),
+        for stage, acc in ((RD.R_DATA, lambda c: _is(c.kind, Pass.A) | f_rcp),
                            (RD.R_Q1, lambda c: _is(c.kind, Pass.A) & f_ln),
                            (RD.R_S2, lambda c: c.kind == Pass.B),
                            (RD.R_Y2, lambda c: (c.kind == Pass.OUT) & f_attn)):
@@ -573,28 +591,32 @@ class RowSequencer(wiring.Component):
         with m.If(accept):
             d = pl
             d_ln, d_radd = d.op == RowOp.LAYERNORM, d.op == RowOp.RADD
+            d_rcp = d.op == RowOp.RECIP
             d_sm = _is(d.op, RowOp.SOFTMAX)
             d_norm, d_attn = d_sm & d.norm, d_sm & ~d.norm
+            d_out_only = d_radd | d_rcp      # no statistics pass
             m.d.sync += [
                 desc.eq(d), active.eq(1),
                 f_ln.eq(d_ln), f_radd.eq(d_radd), f_attn.eq(d_attn), f_norm.eq(d_norm),
+                f_rcp.eq(d_rcp),
                 f_wait.eq(d_ln | d_norm),
                 done_val.eq(Mux(d_ln, RowDatapath.LN_DONE,
-                                Mux(d_norm, RowDatapath.NORM_DONE, RowDatapath.ATTN_DONE))),
+                                Mux(d_norm, RowDatapath.NORM_DONE,
+                                    Mux(d_rcp, RowDatapath.RECIP_DONE, RowDatapath.ATTN_DONE)))),
                 j_left.eq(d.k - 1), is_first.eq(1), is_last.eq(d.k == 1), k_is_1.eq(d.k == 1),
-                st_left.eq(Mux(d_radd, 0, d.passes)), out_left.eq(d.passes), st_ahead.eq(0),
-                st_one.eq(~d_radd & (d.passes == 1)), st_any.eq(~d_radd),
+                st_left.eq(Mux(d_out_only, 0, d.passes)), out_left.eq(d.passes), st_ahead.eq(0),
+                st_one.eq(~d_out_only & (d.passes == 1)), st_any.eq(~d_out_only),
                 out_one.eq(d.passes == 1),
                 st_row.eq(0), out_row.eq(0),
                 src.eq(d.a_base), st_base.eq(d.a_base), ob_base.eq(d.a_base),
                 out_rows_left.eq(d.rows),
             ]
-            with m.If(d_radd):
-                m.d.sync += set_pass(Pass.OUT, 0, d_ln, d_attn, d_norm, d_ln | d_norm)
+            with m.If(d_out_only):
+                m.d.sync += set_pass(Pass.OUT, 0, d_ln, d_attn | d_rcp, d_norm, d_ln | d_norm)
             with m.Else():
                 m.d.sync += set_pass(Pass.A, 0, d_ln, d_attn, d_norm, d_ln | d_norm)
 
-        flags = (f_ln, f_attn, f_norm, f_wait)
+        flags = (f_ln, f_attn | f_rcp, f_norm, f_wait)
         with m.If(issue):
             m.d.sync += [src.eq(src + 1), j_left.eq(j_left - 1), is_first.eq(0),
                          is_last.eq(j_left == 1), tail.eq(RY + 1)]
@@ -640,7 +662,7 @@ class RowSequencer(wiring.Component):
         m.d.sync += job_idle.eq(~start_job & (job_left <= 1))
         finishing = job_left == 1
         rs_pending = Signal()
-        m.d.sync += [self.rs_we.eq(Mux(finishing & f_attn, job_rmask, 0)),
+        m.d.sync += [self.rs_we.eq(Mux(finishing & (f_attn | f_rcp), job_rmask, 0)),
                      self.rs_waddr.eq(job_row), rs_pending.eq(finishing)]
         # ready[par]: cleared when the output pass of a row of that parity starts, set when
         # the job of one finishes (never the same row in one cycle: see the class docstring).
@@ -697,7 +719,7 @@ class RowSequencer(wiring.Component):
         w_rows_left = Signal(signed(17))
         row_counter(RY, self.w_addr, w_base, desc.out_stride, pl.out_base)
         go, first = out_at(RY)
-        m.d.sync += self.w_valid.eq(go)
+        m.d.sync += self.w_valid.eq(go & ~f_rcp)       # RECIP writes RS only
         with m.If(accept):
             m.d.sync += w_rows_left.eq(pl.rows)
         with m.Elif(go & first):

@@ -1160,10 +1160,11 @@ class CostModel:
       cycle), no row operation runs and, behind a MATMUL with dst AMEM/BBUF_*, the array is
       idle; it issues ``⌈M/P⌉·tiles·max(K, L)`` beats; the array is busy until
       ``L + busy_extra`` cycles after the last beat (ARRAY_CYCLES counts those cycles);
-    * a row operation (SOFTMAX, LAYERNORM, RADD) starts when the loads allow (its lag), the array
-      is idle and the previous row operation has finished, and takes the row unit's documented
-      time (hw/rowunit.py): ``⌈rows/P⌉·max(n·k, DONE + 1)`` plus its pipeline, with n passes
-      (SOFTMAX 2, with NORM 3; LAYERNORM 2; RADD 1) and DONE the per-row job (:meth:`row_cycles`);
+    * a row operation (SOFTMAX, LAYERNORM, RADD, RECIP) starts when the loads allow (its lag),
+      the array is idle and the previous row operation has finished, and takes the row unit's
+      documented time (hw/rowunit.py): ``⌈rows/P⌉·max(n·k, DONE + 1)`` plus its pipeline, with
+      n passes (SOFTMAX 2, with NORM 3; LAYERNORM 2; RADD 1) and DONE the per-row job; RECIP
+      ``⌈rows/P⌉·(DONE + 1) + 2`` (:meth:`row_cycles`);
       a STORE_C also waits for it;
     * SYNC and HALT wait for the DMA, the array and the row unit to be idle.
 
@@ -1185,7 +1186,7 @@ class CostModel:
     busy_extra: int = PE.MAC_LATENCY + 2 + PE.D_Y
     queue_depth: int = 4
     # row unit (hw/rowunit.py): per-row job latency, pipeline after the last element
-    row_done: tuple = (("LAYERNORM", 54), ("NORM", 50), ("SOFTMAX", 62), ("RECIP", 62))
+    row_done: tuple = (("LAYERNORM", 54), ("NORM", 50), ("SOFTMAX", 62), ("RECIP", 42))
     row_pipe: int = 27
 
     def row_cycles(self, i, cfg):
@@ -1197,8 +1198,9 @@ class CostModel:
         if op == Op.RADD:
             return rows * k + self.row_pipe
         if op == Op.RECIP:
-            d = done["RECIP"]
-            return rows * (d + 1) + d + 1
+            # one element per row, rows one job apart (hw.rowunit.RowDatapath.RECIP_DONE), the
+            # last RS write
+            return rows * (done["RECIP"] + 1) + 2
         if op == Op.LAYERNORM:
             d = done["LAYERNORM"]
             return rows * max(2 * k, d + 1) + self.row_pipe + max(0, d + 1 - 2 * k)
@@ -1281,8 +1283,13 @@ class CostModel:
                 end = last_beat + L + self.busy_extra
                 if i["dst"] == Dst.BBUF_ROWS:
                     end += P
-                elif i["dst"] in (Dst.BBUF_T, Dst.AMEM_T):
+                elif i["dst"] == Dst.BBUF_T:
                     end += min(L, i["count"] or L) * (_ceil(P, L) + 1)
+                elif i["dst"] == Dst.AMEM_T:
+                    # the last block: one word per column and L-row group, then its release
+                    n_last = (i["count"] or i["tiles"] * L) - (i["tiles"] - 1) * L
+                    off = (_ceil(i["rows"], P) - 1) * P % L
+                    end += n_last * ((off + P - 1) // L + 1) + 1
                 array_cycles += max(0, end - max(accept + 1, busy_end))
                 busy_end = max(busy_end, end)
                 prev_local = i["dst"] != Dst.CMEM

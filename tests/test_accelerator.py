@@ -380,7 +380,7 @@ def _error_programs(P, L, d):
         (E.BAD_FIELD, encode(Op.MATMUL, **{**mm, "rows": 0})),
         (E.BAD_FIELD, encode(Op.MATMUL, **{**mm, "tiles": 0})),
         (E.BAD_FIELD, encode(Op.MATMUL, **{**mm, "dst": Dst.BBUF_ROWS, "flags": Flag.ACCUM})),
-        (E.BAD_FIELD, encode(Op.MATMUL, **{**mm, "dst": 4})),
+        (E.BAD_FIELD, encode(Op.MATMUL, **{**mm, "dst": 15})),   # (4: AMEM_T)
         (E.BAD_FIELD, encode(Op.MATMUL, **{**mm, "sat": 4})),
         (E.BAD_FIELD, encode(Op.MATMUL, **{**mm, "flags": 64})),
         (E.BAD_FIELD, encode(Op.MATMUL, **{**mm, "count": 2 * L + 1})),
