@@ -254,10 +254,10 @@ class RowDatapath(wiring.Component):
             with m.If(cd.last):
                 m.d.sync += hsum_fin.eq(tot)
         # RECIP: the row's one element is the denominator (the sequencer sets ``acc`` for it):
-        # clip(den, 2^16, 2^31 − 1) becomes the divisor, den > 0 decides the RS entry.
+        # clip(den, 2^8, 2^31 − 1) becomes the divisor, den > 0 decides the RS entry.
         den_pos = Signal()
         with m.If(cd.acc & rcp):
-            m.d.sync += [sig_fin.eq(Mux(S < (1 << 16), 1 << 16, S[:31])), den_pos.eq(S > 0)]
+            m.d.sync += [sig_fin.eq(Mux(S < (1 << 8), 1 << 8, S[:31])), den_pos.eq(S > 0)]
         z = Signal(signed(34))
         cdev = Signal(signed(29))
         m.d.comb += [z.eq(Mp - S), cdev.eq(h - Mux(cd.par, mu[1], mu[0]))]
@@ -369,7 +369,7 @@ class RowDatapath(wiring.Component):
             return flag
 
         # SOFTMAX: r = divide(2³², σ) (σ ≥ 255: the row maximum alone gives w = 255); RECIP:
-        # r = divide(2³², clip(den, 2^16, 2^31 − 1)).
+        # r = divide(2³², clip(den, 2^8, 2^31 − 1)).
         m.submodules.div = div = SerialDivider()
         m.d.comb += [div.start.eq(step(_Job.DIV, 1)), div.n.eq(1 << 32), div.d.eq(sig_fin)]
         qq = Signal(33)

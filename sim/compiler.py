@@ -607,20 +607,29 @@ class Layout:
     VB: int
     bbuf_fixed: int
     ffn_chunks: list
+    # linear attention (0 when no layer uses it): AMEM ``KA`` one head's φkᵀ (rows = the
+    # head's columns, stride ``Np``; φq of all heads sits at WA with stride Dp); BBUF ``T8``
+    # one head's requantized φkᵀ·[v | 1] (d rows), ``VL`` one head's [v | 1] (N rows).
+    KA: int = 0
+    Np: int = 0
+    T8: int = 0
+    VL: int = 0
 
     def describe(self):
         return {"AMEM": {"XA": self.XA, "QA": self.QA, "WA": self.WA, "GA": self.GA,
-                         "IN": self.IN, "end": self.amem},
+                         "IN": self.IN, "KA": self.KA, "end": self.amem},
                 "CMEM": {"SC": self.SC, "HC": self.HC, "OUT": self.OUT, "end": self.cmem},
-                "BBUF": {"KT": self.KT, "VB": self.VB, "ring": self.bbuf_fixed},
+                "BBUF": {"KT": self.KT, "VB": self.VB, "T8": self.T8, "VL": self.VL,
+                         "ring": self.bbuf_fixed},
                 "ffn_chunks": self.ffn_chunks, "rows_per_pe": self.R}
 
 
 def kwt_layouts(cfg, *, N, D, H, F, k_in=0, out_cols=0, out_rows=0, attention=True,
-                ffn=True):
+                ffn=True, linear=False):
     """The layer layouts for ``cfg`` that fit AMEM and CMEM, with 1, 2, … FFN column chunks
     (:func:`compile_with` takes the first whose weights also fit the rings); a clear
-    :class:`InputError` when none fits."""
+    :class:`InputError` when none fits. ``linear``: some layer uses linear attention (its
+    regions are added; softmax layers keep theirs)."""
     P, L = cfg.pes, cfg.lanes
     if D % H:
         raise InputError(f"dim {D} is not a multiple of {H} heads")
@@ -629,13 +638,20 @@ def kwt_layouts(cfg, *, N, D, H, F, k_in=0, out_cols=0, out_rows=0, attention=Tr
     R = _ceil(N, P)
     Dp, d = _pad(D, L), D // H
     KT = VB = fixed = 0
+    Np = _pad(N, L)
+    T8 = VL = 0
+    if linear:
+        if R > RS_ENTRIES:
+            raise InputError(f"{R} rows per PE: the row scales hold {RS_ENTRIES}")
+        T8, VL = 0, _ceil(d + 1, L) * d
+        fixed = VL + _ceil(d + 1, L) * N
     if attention:
         if N > MAX_ROW_K:
             raise InputError(f"{N} tokens: a softmax row holds at most {MAX_ROW_K}")
         if R > RS_ENTRIES:
             raise InputError(f"{R} rows per PE: the row scales hold {RS_ENTRIES}")
         VB = _ceil(N, L) * d
-        fixed = VB + _ceil(d, L) * N
+        fixed = max(fixed, VB + _ceil(d, L) * N)
         if fixed >= cfg.bbuf_depth:
             raise InputError(f"BBUF ({cfg.bbuf_depth} words) cannot hold one head's Kᵀ and V "
                              f"({fixed} words) and weights")
@@ -655,9 +671,12 @@ def kwt_layouts(cfg, *, N, D, H, F, k_in=0, out_cols=0, out_rows=0, attention=Tr
         if chunks > 1 and _ceil(F, fc) != chunks:
             continue
         Fcp = _pad(fc, L) if ffn else 0
+        # linear attention: φq over WA (stride Dp), then one head's φkᵀ
+        KA = _pad(WA + max(R * N, R * Dp), L) if linear else 0
         amem = max(QA + (R * Dp + R * N if attention else 0),   # q / attention output, weights
                    QA + R * Fcp,                                # FFN hidden over both
-                   QA + R * kin_p)                              # model input
+                   QA + R * kin_p,                              # model input
+                   KA + _ceil(d, P) * Np if linear else 0)
         if amem > cfg.amem_depth:
             need = need or amem
             continue
@@ -666,7 +685,7 @@ def kwt_layouts(cfg, *, N, D, H, F, k_in=0, out_cols=0, out_rows=0, attention=Tr
         yield Layout(P=P, L=L, N=N, D=D, H=H, F=F, R=R, Dp=Dp, d=d, fc=fc, Fcp=Fcp, XA=XA,
                      QA=QA, WA=WA, GA=QA, XB=XA, IN=QA, IN_stride=kin_p, amem=amem, SC=SC,
                      HC=HC, OUT=OUT, cmem=cmem, KT=KT, VB=VB, bbuf_fixed=fixed,
-                     ffn_chunks=bounds)
+                     ffn_chunks=bounds, KA=KA, Np=Np if linear else 0, T8=T8, VL=VL)
     if not found:
         raise InputError(f"AMEM needs {need} elements per PE for {N} tokens, dim {D}"
                          + (f", MLP {F} (even split into column chunks)" if ffn else "")
@@ -747,6 +766,57 @@ def lower_attention(b, lay, *, rows, wqkv, m_qkv, sh_qkv, c_e, sh_e, m_a, sh_a, 
                         out=dict(dst=Dst.AMEM, out_base=lay.QA + c0, out_stride=Dp))
 
 
+def lower_linear_attention(b, lay, *, rows, wqkv, m_qkv, sh_qkv, phi_q, phi_k, m_t, sh_t, m_l,
+                           sh_l, x_base, name):
+    """Linear attention (golden :func:`sim.golden.linear_mha`): φq = φ(int8 q) by the table
+    (ACT) → AMEM WA; per head: φkᵀ (ACT, dst AMEM_T) → AMEM KA, [v | 1] (BIAS: the ones column
+    is weight 0, bias 1) → BBUF VL, T8 = φkᵀ·[v | 1] → BBUF T8 (rows = the head's columns),
+    the denominators φq·T8[:, d] → CMEM HC, RECIP → row scales, the numerators φq·T8[:, :d]
+    with RSCALE and the output requantization → AMEM QA (head columns). K and V use every
+    token; the others ``rows``."""
+    D, H, d, N, Dp, L, P = lay.D, lay.H, lay.d, lay.N, lay.Dp, lay.L, lay.P
+    wqkv = np.asarray(wqkv)
+    wq, wk, wv = wqkv[:D], wqkv[D:2 * D], wqkv[2 * D:]
+    for nm, w in (("Wq", wq), ("Wk", wk), ("Wv", wv)):
+        _acc_bound(f"{name}.{nm}", D, 256, w)
+    if d > 256:
+        raise InputError(f"{name}: linear attention takes heads of at most 256 columns, not {d}")
+    t_q, t_k = b.t_item(f"{name}.phi_q", phi_q), b.t_item(f"{name}.phi_k", phi_k)
+    weight_matmul(b, f"{name}.wq", wq.T, params=(0, m_qkv[:D], sh_qkv[:D]), rows=rows,
+                  a_base=x_base, a_stride=Dp, dst=Dst.AMEM, out_base=lay.WA, out_stride=Dp,
+                  sat=Sat.INT8, act=True, t=t_q)
+    dt, lane = d // L, d % L           # the denominator column: tile dt, lane
+    for h in range(H):
+        c0, c1 = h * d, (h + 1) * d
+        if len(b.col_groups(D, d)) > 1:
+            raise InputError(f"{name}: one head's K projection ({D}×{d}) must fit half the "
+                             f"BBUF weight ring")
+        weight_matmul(b, f"{name}.wk{h}", wk[c0:c1].T,
+                      params=(0, m_qkv[D + c0:D + c1], sh_qkv[D + c0:D + c1]), rows=N,
+                      a_base=x_base, a_stride=Dp, dst=Dst.AMEM_T, out_base=lay.KA,
+                      out_stride=lay.Np, sat=Sat.INT8, act=True, t=t_k)
+        wv1 = np.concatenate([wv[c0:c1].T, np.zeros((D, 1), np.int64)], axis=1)
+        mv = np.append(m_qkv[2 * D + c0:2 * D + c1], 1)
+        shv = np.append(sh_qkv[2 * D + c0:2 * D + c1], 0)
+        weight_matmul(b, f"{name}.wv{h}", wv1, params=(np.eye(1, d + 1, d)[0], mv, shv), rows=N,
+                      a_base=x_base, a_stride=Dp, dst=Dst.BBUF_ROWS, out_base=lay.VL,
+                      out_stride=N, sat=Sat.INT8, bias=True)
+        st = slice(h * (d + 1), (h + 1) * (d + 1))
+        b.op("matmul", p=b.p_item(f"{name}.h{h}.pt", 0, np.asarray(m_t)[st],
+                                  np.asarray(sh_t)[st], d + 1),
+             rows=d, k=N, tiles=_ceil(d + 1, L), n=d + 1, a_base=lay.KA, a_stride=lay.Np,
+             b_base=lay.VL, dst=Dst.BBUF_ROWS, out_base=lay.T8, out_stride=d, sat=Sat.INT8,
+             macs=d * N * (d + 1))
+        b.op("matmul", rows=rows, k=d, tiles=1, n=lane + 1, a_base=lay.WA + c0, a_stride=Dp,
+             b_base=lay.T8 + dt * d, dst=Dst.CMEM, out_base=lay.HC, out_stride=Dp, macs=rows * d)
+        b.op("recip", rows=rows, a_base=lay.HC + lane, a_stride=Dp)
+        b.op("matmul", p=b.p_item(f"{name}.h{h}.pl", 0, _cols(m_l, c0, c1), _cols(sh_l, c0, c1),
+                                  d),
+             rows=rows, k=d, tiles=_ceil(d, L), n=d, a_base=lay.WA + c0, a_stride=Dp,
+             b_base=lay.T8, dst=Dst.AMEM, out_base=lay.QA + c0, out_stride=Dp, rscale=True,
+             sat=Sat.INT9, macs=rows * d * d)
+
+
 def _attention_core(b, lay, *, rows, q_base, q_stride, c_e, sh_e, m_a, sh_a, name, out,
                     k_item=None, v_item=None, dv=None):
     """S = q·kᵀ → CMEM SC, SOFTMAX (attention mode) → AMEM WA, P·V with RSCALE and the column
@@ -816,9 +886,15 @@ def lower_ffn(b, lay, *, rows, x_base, w1, b1, m_1, sh_1, gelu, w2, b2, m_2, sh_
 def lower_layer(b, lay, layer, *, rows, heads, name, out):
     """One post-norm encoder layer (golden :func:`sim.golden.encoder_layer`) on x at XA;
     ``out``: where LN2 writes (``dict(dst=…, out_base=…, out_stride=…)``)."""
-    lower_attention(b, lay, rows=rows, wqkv=layer.wqkv, m_qkv=layer.m_qkv, sh_qkv=layer.sh_qkv,
-                    c_e=layer.c_e, sh_e=layer.sh_e, m_a=layer.m_a, sh_a=layer.sh_a,
-                    x_base=lay.XA, name=name)
+    if getattr(layer, "linear", False):
+        lower_linear_attention(b, lay, rows=rows, wqkv=layer.wqkv, m_qkv=layer.m_qkv,
+                               sh_qkv=layer.sh_qkv, phi_q=layer.phi_q, phi_k=layer.phi_k, m_t=layer.m_t,
+                               sh_t=layer.sh_t, m_l=layer.m_l, sh_l=layer.sh_l, x_base=lay.XA,
+                               name=name)
+    else:
+        lower_attention(b, lay, rows=rows, wqkv=layer.wqkv, m_qkv=layer.m_qkv,
+                        sh_qkv=layer.sh_qkv, c_e=layer.c_e, sh_e=layer.sh_e, m_a=layer.m_a,
+                        sh_a=layer.sh_a, x_base=lay.XA, name=name)
     lower_out_proj(b, lay, rows=rows, wo=layer.wo, bo=layer.bo, m_o=layer.m_o, sh_o=layer.sh_o,
                    name=name)
     lower_residual_norm(b, lay, rows=rows, x_base=lay.XA, m_r=layer.m_r1, sh_r=layer.sh_r1,
@@ -906,8 +982,9 @@ def compile_kwt(model, mfcc9, *, config=None, pes=None, lanes=None, parts=None, 
         job.info.update(layout=lay.describe(), input_parts=parts, last_rows1=last_rows1)
         return job
 
+    linear = any(getattr(layer, "linear", False) for layer in model.layers)
     return compile_with(kwt_layouts(cfg, N=N, D=D, H=H, F=F, k_in=n_in * parts,
-                                    out_cols=classes, out_rows=1), make)
+                                    out_cols=classes, out_rows=1, linear=linear), make)
 
 
 class KwtPrograms:
@@ -1023,6 +1100,62 @@ def attention_job(q, k, v, c_e, sh_e, m_a, sh_a, *, config=None, pes=None, lanes
     return b.build(shape=(N, dv))
 
 
+def linear_attention_job(q, k, v, lut_q, lut_k, m_t, sh_t, m_l, sh_l, *, config=None,
+                         pes=None, lanes=None):
+    """One linear-attention head (golden :func:`sim.golden.linear_attention`): int8 q, k (N × d) and v (N × dv) → int9 (N × dv). q and k are A
+    operands (LOAD_A); φ is applied by the ACT epilogue of a MATMUL with the d × d identity
+    (φq → AMEM, φkᵀ → AMEM_T); [v | 1] is a B operand. AMEM: q, k, φq, φkᵀ; BBUF: the T8 slot,
+    then the ring; CMEM: the denominators, then the output."""
+    cfg = make_config(config, pes, lanes)
+    L, P = cfg.lanes, cfg.pes
+    q = _int_array(q, "q", *INT8, ndim=2)
+    k = _int_array(k, "k", *INT8, shape=q.shape)
+    v = _int_array(v, "v", *INT8, ndim=2)
+    N, d = q.shape
+    if v.shape[0] != N:
+        raise InputError(f"v has {v.shape[0]} rows, q and k have {N}")
+    dv = v.shape[1]
+    R, dp, Np, dvp = _ceil(N, P), _pad(d, L), _pad(N, L), _pad(dv, L)
+    t1 = _ceil(dv + 1, L)
+    if R > RS_ENTRIES:
+        raise InputError(f"{R} rows per PE: the row scales hold {RS_ENTRIES}")
+    QA, KA0, PQ = 0, R * dp, 2 * R * dp
+    KT = _pad(3 * R * dp, L)
+    amem = KT + _ceil(d, P) * Np
+    cmem = R * L + R * dvp
+    if amem > cfg.amem_depth or cmem > cfg.cmem_depth or t1 * d >= cfg.bbuf_depth:
+        raise InputError(f"linear attention over {N} tokens (d = {d}, dv = {dv}) needs {amem} "
+                         f"AMEM and {cmem} CMEM elements per PE and {t1 * d} BBUF words; the "
+                         f"accelerator has {cfg.amem_depth}, {cfg.cmem_depth} and "
+                         f"{cfg.bbuf_depth}")
+    b = Builder(cfg, bbuf_ring=t1 * d)
+    b.input_a("q", q, QA, dp)
+    b.input_a("k", k, KA0, dp)
+    b.set_section("linear_attention")
+    t_q, t_k = b.t_item("phi_q", lut_q), b.t_item("phi_k", lut_k)
+    if d > 256:
+        raise InputError(f"linear attention takes heads of at most 256 columns, not {d}")
+    eye = b.b_item("eye", np.eye(d, dtype=np.int64))
+    pe = b.p_item("eye.p", 0, 1, 0, d)
+    b.op("matmul", b=eye, p=pe, t=t_q, rows=N, k=d, tiles=_ceil(d, L), n=d, a_base=QA,
+         a_stride=dp, dst=Dst.AMEM, out_base=PQ, out_stride=dp, sat=Sat.INT8, act=True)
+    b.op("matmul", b=eye, p=pe, t=t_k, rows=N, k=d, tiles=_ceil(d, L), n=d, a_base=KA0,
+         a_stride=dp, dst=Dst.AMEM_T, out_base=KT, out_stride=Np, sat=Sat.INT8, act=True)
+    v1 = b.b_item("v1", np.concatenate([v, np.ones((N, 1), np.int64)], axis=1))
+    b.op("matmul", b=v1, p=b.p_item("pt", 0, m_t, sh_t, dv + 1), rows=d, k=N, tiles=t1,
+         n=dv + 1, a_base=KT, a_stride=Np, dst=Dst.BBUF_ROWS, out_base=0, out_stride=d,
+         sat=Sat.INT8, macs=d * N * (dv + 1))
+    dt, lane = dv // L, dv % L
+    b.op("matmul", rows=N, k=d, tiles=1, n=lane + 1, a_base=PQ, a_stride=dp, b_base=dt * d,
+         dst=Dst.CMEM, out_base=0, out_stride=L, macs=N * d)
+    b.op("recip", rows=N, a_base=lane, a_stride=L)
+    b.op("matmul", p=b.p_item("pl", 0, m_l, sh_l, dv), rows=N, k=d, tiles=_ceil(dv, L), n=dv,
+         a_base=PQ, a_stride=dp, b_base=0, dst=Dst.CMEM, out_base=R * L, out_stride=dvp,
+         rscale=True, req=True, sat=Sat.INT9, macs=N * d * dv)
+    b.output(N, dv, R * L, dvp)
+    return b.build(shape=(N, dv), notes=["φ(q), φ(k) by MATMULs with the identity and ACT"])
+
+
 def mhsa_job(x, p, heads, *, config=None, pes=None, lanes=None):
     """Multi-head self-attention with its projections on int8 x (N × D) → the int16 Wo output
     (N × D): ``requant(mha(q, k, v)·Woᵀ + bo)`` as in :func:`sim.golden.encoder_layer`
@@ -1036,15 +1169,23 @@ def mhsa_job(x, p, heads, *, config=None, pes=None, lanes=None):
         b = Builder(cfg, bbuf_ring=lay.bbuf_fixed)
         b.input_a("x", x, lay.XA, lay.Dp)
         b.set_section("mhsa")
-        lower_attention(b, lay, rows=N, wqkv=p.wqkv, m_qkv=p.m_qkv, sh_qkv=p.sh_qkv, c_e=p.c_e,
-                        sh_e=p.sh_e, m_a=p.m_a, sh_a=p.sh_a, x_base=lay.XA, name="mhsa")
+        if getattr(p, "linear", False):
+            lower_linear_attention(b, lay, rows=N, wqkv=p.wqkv, m_qkv=p.m_qkv, sh_qkv=p.sh_qkv,
+                                   phi_q=p.phi_q, phi_k=p.phi_k, m_t=p.m_t, sh_t=p.sh_t,
+                                   m_l=p.m_l, sh_l=p.sh_l,
+                                   x_base=lay.XA, name="mhsa")
+        else:
+            lower_attention(b, lay, rows=N, wqkv=p.wqkv, m_qkv=p.m_qkv, sh_qkv=p.sh_qkv,
+                            c_e=p.c_e, sh_e=p.sh_e, m_a=p.m_a, sh_a=p.sh_a, x_base=lay.XA,
+                            name="mhsa")
         lower_out_proj(b, lay, rows=N, wo=p.wo, bo=p.bo, m_o=p.m_o, sh_o=p.sh_o, name="mhsa")
         b.output(N, D, lay.HC, lay.Dp)
         job = b.build(shape=(N, D))
         job.info.update(layout=lay.describe())
         return job
 
-    return compile_with(kwt_layouts(cfg, N=N, D=D, H=heads, F=1, ffn=False), make)
+    return compile_with(kwt_layouts(cfg, N=N, D=D, H=heads, F=1, ffn=False,
+                                    linear=getattr(p, "linear", False)), make)
 
 
 def ffn_job(x, p, *, config=None, pes=None, lanes=None):
@@ -1089,4 +1230,5 @@ def encoder_job(x, layer, heads, *, config=None, pes=None, lanes=None):
         job.info.update(layout=lay.describe())
         return job
 
-    return compile_with(kwt_layouts(cfg, N=N, D=D, H=heads, F=F), make)
+    return compile_with(kwt_layouts(cfg, N=N, D=D, H=heads, F=F,
+                                    linear=getattr(layer, "linear", False)), make)

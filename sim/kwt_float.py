@@ -49,6 +49,7 @@ class LayerWeights:
     b2: np.ndarray  # (dim,)
     ln2_g: np.ndarray  # (dim,)
     ln2_b: np.ndarray  # (dim,)
+    linear: bool = False  # linear attention φ(q)(φ(k)ᵀv) / φ(q)Σφ(k), φ = elu + 1
 
 
 @dataclass
@@ -134,6 +135,25 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def elu1(x: np.ndarray) -> np.ndarray:
+    """φ(x) = elu(x) + 1, the linear-attention feature map."""
+    return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
+
+
+def linear_attention_float(q: np.ndarray, k: np.ndarray, v: np.ndarray, record=None):
+    """φ(q)(φ(k)ᵀ[v | 1]) with the last column as the normalizer, over the last two axes
+    (..., tokens, d); ``record`` receives ``phq``, ``phk`` and ``lt`` (φ(k)ᵀ[v | 1])."""
+    phq, phk = elu1(q), elu1(k)
+    ones = np.ones(v.shape[:-1] + (1,))
+    t = np.swapaxes(phk, -1, -2) @ np.concatenate([v, ones], axis=-1)
+    u = phq @ t
+    if record is not None:
+        record("phq", phq)
+        record("phk", phk)
+        record("lt", t)
+    return u[..., :-1] / u[..., -1:]
+
+
 def layer_forward(lw: LayerWeights, x: np.ndarray, heads: int, attn_scale: float, eps: float,
                   record=None) -> np.ndarray:
     """One post-norm block on float tokens ``x`` (batch, tokens, dim); ``record(name, value)``
@@ -149,9 +169,19 @@ def layer_forward(lw: LayerWeights, x: np.ndarray, heads: int, attn_scale: float
     q = (x @ lw.wq.T) * attn_scale
     k = x @ lw.wk.T
     v = x @ lw.wv.T
-    scores = split_heads(q) @ split_heads(k).transpose(0, 1, 3, 2)
-    probs = _softmax(scores)
-    attn = (probs @ split_heads(v)).transpose(0, 2, 1, 3).reshape(b, t, d)
+    if lw.linear:
+        la = {}
+        attn = linear_attention_float(split_heads(q), split_heads(k), split_heads(v),
+                                      lambda name, value: la.__setitem__(name, value))
+        attn = attn.transpose(0, 2, 1, 3).reshape(b, t, d)
+        # T per head and column as the last axis: (b, hd, heads·(hd + 1))
+        lt = la["lt"].transpose(0, 2, 1, 3).reshape(b, hd, heads * (hd + 1))
+        extra = (("phq", la["phq"]), ("phk", la["phk"]), ("lt", lt))
+    else:
+        scores = split_heads(q) @ split_heads(k).transpose(0, 1, 3, 2)
+        probs = _softmax(scores)
+        attn = (probs @ split_heads(v)).transpose(0, 2, 1, 3).reshape(b, t, d)
+        extra = (("scores", scores), ("probs", probs))
     o = attn @ lw.wo.T + lw.bo
     h1 = x + o
     x1 = _layer_norm(h1, lw.ln1_g, lw.ln1_b, eps)
@@ -161,8 +191,7 @@ def layer_forward(lw: LayerWeights, x: np.ndarray, heads: int, attn_scale: float
     h2 = x1 + ff2
     x2 = _layer_norm(h2, lw.ln2_g, lw.ln2_b, eps)
     if record is not None:
-        for name, value in (("q", q), ("k", k), ("v", v), ("scores", scores), ("probs", probs),
-                            ("attn", attn), ("o", o), ("h1", h1), ("x1", x1), ("ff1", ff1),
+        for name, value in (("q", q), ("k", k), ("v", v), *extra, ("attn", attn), ("o", o), ("h1", h1), ("x1", x1), ("ff1", ff1),
                             ("gelu", g), ("ff2", ff2), ("h2", h2), ("x2", x2)):  # fmt: skip
             record(name, value)
     return x2

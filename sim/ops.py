@@ -1,7 +1,7 @@
 """Single transformer operations on float inputs: quantize (with the helpers of
 :mod:`sim.quantize`, calibrated on the input itself), compile (:mod:`sim.compiler`), and say
 what the golden model gives, so that a backend's result can be checked bit for bit and
-dequantized. Used by ``python -m sim.run {softmax,layernorm,attention,mhsa,ffn,encoder}``.
+dequantized. Used by ``python -m sim.run {softmax,layernorm,attention,linear_attention,mhsa,ffn,encoder}``.
 
 Inputs (float arrays under these npz keys; weights are ``[out, in]`` as in
 :class:`sim.kwt_float.LayerWeights`; optional keys have the default shown):
@@ -12,10 +12,11 @@ op         keys
 softmax    ``x`` (M × n) scores; ``scale`` = 1 (the scores are ``scale·x``)
 layernorm  ``x`` (M × D); ``gamma``, ``beta`` (D); ``eps`` = 1e-6
 attention  ``q``, ``k`` (N × d), ``v`` (N × dv); ``scale`` = 1/√d
+linear_attention  ``q``, ``k`` (N × d), ``v`` (N × dv): φ(q)(φ(k)ᵀv) / φ(q)Σφ(k), φ = elu + 1
 mhsa       ``x`` (N × D); ``wq``, ``wk``, ``wv``, ``wo`` (D × D); ``bo`` (D) = 0; ``heads`` = 1;
-           ``scale`` = 1/√(D/heads)
+           ``scale`` = 1/√(D/heads); ``linear`` = 0 (1: linear attention instead of softmax)
 ffn        ``x`` (N × D); ``w1`` (F × D), ``b1`` (F) = 0, ``w2`` (D × F), ``b2`` (D) = 0
-encoder    as mhsa, plus ``gamma1``, ``beta1``, ``w1``, ``b1``, ``w2``, ``b2``, ``gamma2``,
+encoder    as mhsa (``linear`` too), plus ``gamma1``, ``beta1``, ``w1``, ``b1``, ``w2``, ``b2``, ``gamma2``,
            ``beta2``, ``eps`` = 1e-6 (post-norm, as KWT)
 =========  ==================================================================================
 
@@ -29,16 +30,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .compiler import (attention_job, encoder_job, ffn_job, layernorm_job, make_config,
-                       mhsa_job, softmax_job)
+from .compiler import (attention_job, encoder_job, ffn_job, layernorm_job,
+                       linear_attention_job, make_config, mhsa_job, softmax_job)
 from .errors import InputError
-from .golden import (attention, encoder_layer, ffn, layernorm, layernorm_constants, matmul, mha,
-                     requant, softmax, softmax_constants)
+from .golden import (attention, elu1_lut, encoder_layer, ffn, layernorm, layernorm_constants,
+                     linear_attention, linear_mha, matmul, mha, requant, softmax,
+                     softmax_constants)
 from .golden.fixed import INT8, INT9, INT16, INT32, round_half_up
 from .golden.requant import encode_multiplier
-from .kwt_float import LayerWeights, _layer_norm, _softmax, gelu_tanh, layer_forward
+from .kwt_float import (LayerWeights, _layer_norm, _softmax, elu1, gelu_tanh, layer_forward,
+                        linear_attention_float)
 from .quantize import (_col8, _qk_balance, _scale8, _scale16, quantize_attention, quantize_ffn,
-                       quantize_layer, update_amax)
+                       quantize_layer, quantize_linear_attention, update_amax)
 
 __all__ = ["OPS", "OP_KEYS", "PreparedOp", "prepare", "mhsa_reference"]
 
@@ -46,10 +49,11 @@ OP_KEYS = {
     "softmax": (("x",), ("scale",)),
     "layernorm": (("x", "gamma", "beta"), ("eps",)),
     "attention": (("q", "k", "v"), ("scale",)),
-    "mhsa": (("x", "wq", "wk", "wv", "wo"), ("bo", "heads", "scale")),
+    "linear_attention": (("q", "k", "v"), ()),
+    "mhsa": (("x", "wq", "wk", "wv", "wo"), ("bo", "heads", "scale", "linear")),
     "ffn": (("x", "w1", "w2"), ("b1", "b2")),
     "encoder": (("x", "wq", "wk", "wv", "wo", "gamma1", "beta1", "w1", "w2", "gamma2", "beta2"),
-                ("bo", "b1", "b2", "heads", "scale", "eps")),
+                ("bo", "b1", "b2", "heads", "scale", "eps", "linear")),
 }
 OPS = tuple(OP_KEYS)
 SCORE_BITS = 24          # standalone softmax: max |score| ↦ 2²⁴ (int32 with headroom)
@@ -138,9 +142,14 @@ def mhsa_reference(x, p, heads):
     :func:`sim.golden.encoder_layer`: ``requant(mha(q, k, v)·Woᵀ + bo) → int16``."""
     dim = x.shape[-1]
     acc = matmul(x, np.asarray(p.wqkv).T)
-    q = requant(acc[..., :dim], p.m_qkv[:dim], p.sh_qkv[:dim], *INT9)
+    linear = getattr(p, "linear", False)
+    q = requant(acc[..., :dim], p.m_qkv[:dim], p.sh_qkv[:dim], *(INT8 if linear else INT9))
     kv = requant(acc[..., dim:], p.m_qkv[dim:], p.sh_qkv[dim:], *INT8)
-    a = mha(q, kv[..., :dim], kv[..., dim:], heads, p.c_e, p.sh_e, p.m_a, p.sh_a)
+    if linear:
+        a = linear_mha(q, kv[..., :dim], kv[..., dim:], heads, p.phi_q, p.phi_k, p.m_t, p.sh_t,
+                       p.m_l, p.sh_l)
+    else:
+        a = mha(q, kv[..., :dim], kv[..., dim:], heads, p.c_e, p.sh_e, p.m_a, p.sh_a)
     return requant(matmul(a, np.asarray(p.wo).T, p.bo), p.m_o, p.sh_o, *INT16)
 
 
@@ -197,7 +206,31 @@ def _attention_op(arrays, cfg):
     return job, gold, s_a, ref, {}
 
 
+def _linear_attention_op(arrays, cfg):
+    q = _float(arrays, "q", ndim=2)
+    k = _float(arrays, "k", shape=q.shape)
+    v = _float(arrays, "v", ndim=2)
+    if v.shape[0] != q.shape[0]:
+        raise InputError(f"v has {v.shape[0]} rows, q and k have {q.shape[0]}")
+    tr = {}
+    ref = linear_attention_float(q, k, v, tr.__setitem__)
+    s_q, s_k = _scale8(np.abs(q).max()), _scale8(np.abs(k).max())
+    s_v = _col8(np.abs(v).max(axis=0))
+    q8, k8, v8 = _q(q, s_q, *INT8), _q(k, s_k, *INT8), _q(v, s_v, *INT8)
+    s_phq = max(float(tr["phq"].max()), 1e-12) / 255.0
+    s_phk = max(float(tr["phk"].max()), 1e-12) / 255.0
+    lut_q, lut_k = elu1_lut(s_q, s_phq), elu1_lut(s_k, s_phk)
+    s_t = _col8(np.abs(tr["lt"]).max(axis=0))
+    m_t, sh_t = encode_multiplier(s_phk * np.append(s_v, 1.0) / s_t)
+    s_a = _col8(np.abs(ref).max(axis=0), 255.0)
+    m_l, sh_l = encode_multiplier(s_t[:-1] / s_t[-1] / s_a / 65536.0)
+    gold = linear_attention(q8, k8, v8, lut_q, lut_k, m_t, sh_t, m_l, sh_l)
+    job = linear_attention_job(q8, k8, v8, lut_q, lut_k, m_t, sh_t, m_l, sh_l, config=cfg)
+    return job, gold, s_a, ref, dict(s_q=s_q, s_k=s_k)
+
+
 def _layer_weights(arrays, D, *, full):
+    linear = bool(_scalar(arrays, "linear", 0, kind=int, lo=0))
     w = {k: _float(arrays, k, shape=(D, D)) for k in ("wq", "wk", "wv", "wo")}
     w["bo"] = _float(arrays, "bo", shape=(D,), default=0.0)
     if full:
@@ -212,12 +245,12 @@ def _layer_weights(arrays, D, *, full):
                             b1=_float(arrays, "b1", shape=(F,), default=0.0),
                             w2=_float(arrays, "w2", shape=(D, F)),
                             b2=_float(arrays, "b2", shape=(D,), default=0.0),
-                            ln2_g=w["gamma2"], ln2_b=w["beta2"])
+                            ln2_g=w["gamma2"], ln2_b=w["beta2"], linear=linear)
     # attention only: the FFN and LayerNorms of the float block run on dummies and are ignored
     return LayerWeights(wq=w["wq"], wk=w["wk"], wv=w["wv"], wo=w["wo"], bo=w["bo"],
                         ln1_g=np.ones(D), ln1_b=np.zeros(D), w1=np.zeros((1, D)),
                         b1=np.zeros(1), w2=np.zeros((D, 1)), b2=np.zeros(D),
-                        ln2_g=np.ones(D), ln2_b=np.zeros(D))
+                        ln2_g=np.ones(D), ln2_b=np.zeros(D), linear=linear)
 
 
 def _heads(arrays, D):
@@ -245,7 +278,11 @@ def _mhsa_op(arrays, cfg):
     amax = _amax(tr)
     x8, s_x = _x8(x)
     s_o = _scale16(amax["o"])
-    fields, _ = quantize_attention(lw, amax, "", s_x, attn_scale=scale, s_o=s_o)
+    if lw.linear:
+        fields, _ = quantize_linear_attention(lw, amax, "", s_x, attn_scale=scale, s_o=s_o,
+                                              heads=heads)
+    else:
+        fields, _ = quantize_attention(lw, amax, "", s_x, attn_scale=scale, s_o=s_o)
     p = _Fields(**fields)
     gold = mhsa_reference(x8, p, heads)
     return mhsa_job(x8, p, heads, config=cfg), gold, np.full(D, s_o), tr["o"], dict(heads=heads)
@@ -283,14 +320,14 @@ def _encoder_op(arrays, cfg):
     tr = _block_float(lw, x, heads, scale, eps)
     amax = _amax(tr)
     x8, s_x = _x8(x)
-    layer, _, s_x2 = quantize_layer(lw, amax, "", s_x, attn_scale=scale, eps=eps)
+    layer, _, s_x2 = quantize_layer(lw, amax, "", s_x, attn_scale=scale, eps=eps, heads=heads)
     gold = encoder_layer(x8, layer, heads)
     return (encoder_job(x8, layer, heads, config=cfg), gold, np.asarray(s_x2), tr["x2"],
             dict(heads=heads, mlp=lw.w1.shape[0]))
 
 
 _PREPARE = {"softmax": _softmax_op, "layernorm": _layernorm_op, "attention": _attention_op,
-            "mhsa": _mhsa_op, "ffn": _ffn_op, "encoder": _encoder_op}
+            "linear_attention": _linear_attention_op, "mhsa": _mhsa_op, "ffn": _ffn_op, "encoder": _encoder_op}
 
 
 def prepare(op, arrays, *, config=None, pes=None, lanes=None):
@@ -313,6 +350,7 @@ OP_HELP = {
     "softmax": "row softmax of float scores x (SOFTMAX, normalized)",
     "layernorm": "LayerNorm of float rows x with gamma, beta",
     "attention": "one attention head softmax(q·kᵀ·scale)·v",
+    "linear_attention": "one linear-attention head φ(q)(φ(k)ᵀv) / φ(q)Σφ(k), φ = elu + 1",
     "mhsa": "multi-head self-attention with projections (x, wq, wk, wv, wo, bo, heads)",
     "ffn": "feed-forward block GELU(x·W1ᵀ + b1)·W2ᵀ + b2",
     "encoder": "one post-norm encoder layer (KWT)",

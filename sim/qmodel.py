@@ -51,6 +51,18 @@ class QLayer:
     m_r2: np.ndarray
     sh_r2: np.ndarray
     ln2: dict
+    # Linear attention (docs/numerics.md §14) instead of softmax: q and k requantized to int8,
+    # φ = elu + 1 by the tables ``phi_q``, ``phi_k``; then c_e, sh_e, m_a, sh_a are unused.
+    linear: bool = False
+    phi_q: np.ndarray = None  # (256,) uint8-valued tables
+    phi_k: np.ndarray = None
+    m_t: np.ndarray = None    # (heads·(d+1),) φkᵀ·[v | 1] → int8, per head and column
+    sh_t: np.ndarray = None
+    m_l: np.ndarray = None    # (dim,) quotient → int9 attention output
+    sh_l: np.ndarray = None
+
+
+_LINEAR_FIELDS = ("phi_q", "phi_k", "m_t", "sh_t", "m_l", "sh_l")
 
 
 @dataclass
@@ -86,9 +98,11 @@ _LN_KEYS = ("r_d", "E", "G", "B", "sh_o")
 _RANGES = {
     "wqkv": (-128, 127), "wo": (-128, 127), "w1": (-128, 127), "w2": (-128, 127),
     "bo": (-(1 << 31), (1 << 31) - 1), "b1": (-(1 << 31), (1 << 31) - 1), "b2": (-(1 << 31), (1 << 31) - 1),
-    "gelu": (-256, 255),
-    **{m: (0, 32767) for m in ("m_qkv", "m_a", "m_o", "m_r1", "m_1", "m_2", "m_r2", "m")},
-    **{sh: (0, 47) for sh in ("sh_qkv", "sh_a", "sh_o", "sh_r1", "sh_1", "sh_2", "sh_r2", "sh")},
+    "gelu": (-256, 255), "phi_q": (0, 255), "phi_k": (0, 255), "linear": (0, 1),
+    **{m: (0, 32767) for m in ("m_qkv", "m_a", "m_o", "m_r1", "m_1", "m_2", "m_r2", "m", "m_t",
+                               "m_l")},
+    **{sh: (0, 47) for sh in ("sh_qkv", "sh_a", "sh_o", "sh_r1", "sh_1", "sh_2", "sh_r2", "sh",
+                              "sh_t", "sh_l")},
 }
 
 
@@ -102,6 +116,12 @@ def _flatten(model):
             if f.name in ("ln1", "ln2"):
                 for k in _LN_KEYS:
                     arrays[f"layers.{i}.{f.name}.{k}"] = np.asarray(val[k])
+            elif f.name == "linear":
+                if val:                   # softmax layers keep the version-1 keys only
+                    arrays[f"layers.{i}.linear"] = np.asarray(1)
+            elif f.name in _LINEAR_FIELDS:
+                if layer.linear:
+                    arrays[f"layers.{i}.{f.name}"] = np.asarray(val)
             else:
                 arrays[f"layers.{i}.{f.name}"] = np.asarray(val)
     return {k: np.asarray(v, dtype=np.float64) if k == "s_in" else _narrow(np.asarray(v, dtype=np.int64))
@@ -177,7 +197,13 @@ def load_qmodel(path):
     for i in range(nl):
         p = f"layers.{i}."
         kw = {}
+        linear = p + "linear" in arrays and bool(_need(arrays, p + "linear", ()))
         for f in fields(QLayer):
+            if f.name == "linear":
+                kw["linear"] = linear
+                continue
+            if f.name in _LINEAR_FIELDS and not linear:
+                continue
             if f.name in ("ln1", "ln2"):
                 kw[f.name] = {k: _need(arrays, f"{p}{f.name}.{k}") for k in _LN_KEYS}
                 for k in ("r_d", "E", "sh_o"):
@@ -190,6 +216,9 @@ def load_qmodel(path):
                   "m_qkv": (3 * dim,), "sh_qkv": (3 * dim,), "m_a": (dim,), "sh_a": (dim,), "bo": (dim,),
                   "m_o": (dim,), "sh_o": (dim,), "m_r1": (dim,), "sh_r1": (dim,), "b1": (mlp,), "m_1": (mlp,),
                   "sh_1": (mlp,), "b2": (dim,), "m_2": (dim,), "sh_2": (dim,), "m_r2": (dim,), "sh_r2": (dim,)}
+        if linear:
+            d1 = heads * (dim // heads + 1) if heads >= 1 and dim % heads == 0 else -1
+            shapes.update(phi_q=(256,), phi_k=(256,), m_t=(d1,), sh_t=(d1,), m_l=(dim,), sh_l=(dim,))
         for k, shp in shapes.items():
             if kw[k].shape != shp:
                 raise ModelError(f"model array {p + k!r} has shape {kw[k].shape}, expected {shp}")

@@ -9,14 +9,14 @@ attention output (folded into the per-column requantization and into Wo).
 """
 import numpy as np
 
-from .golden import gelu_lut, layernorm_constants, softmax_constants
+from .golden import elu1_lut, gelu_lut, layernorm_constants, softmax_constants
 from .golden.fixed import INT32, round_half_up
 from .golden.requant import encode_multiplier
 from .kwt_float import KwtFloatWeights, kwt_forward
 from .qmodel import QKwt, QLayer
 
-__all__ = ["calibrate", "update_amax", "quantize_kwt", "quantize_layer", "quantize_attention",
-           "quantize_ffn"]
+__all__ = ["calibrate", "update_amax", "quantize_kwt", "with_linear_layers", "quantize_layer", "quantize_attention",
+           "quantize_linear_attention", "quantize_ffn"]
 
 INT16_HEADROOM = 2.0
 
@@ -104,6 +104,41 @@ def quantize_attention(lw, amax, p, s_x, *, attn_scale, s_o):
     return fields, {p + "q": s_q, p + "k": s_k, p + "v": s_v.tolist(), p + "attn": s_a.tolist()}
 
 
+def quantize_linear_attention(lw, amax, p, s_x, *, attn_scale, s_o, heads):
+    """The attention block of a linear-attention layer (``lw.linear``): q, k int8 per tensor
+    (each with its φ table), v per column; φ = elu + 1 into uint8;
+    T = φkᵀ·[v | 1] to int8 per head and column; the quotient to the int9 attention output
+    (docs/numerics.md §14). Returns the :class:`QLayer` fields and the scales."""
+    dim = lw.wq.shape[0]
+    d = dim // heads
+    s_q, s_k = _scale8(amax[p + "q"]), _scale8(amax[p + "k"])
+    s_v = _col8(amax[p + "v"])
+    s_phq = max(float(np.max(amax[p + "phq"])), 1e-12) / 255.0
+    s_phk = max(float(np.max(amax[p + "phk"])), 1e-12) / 255.0
+    phi_q, phi_k = elu1_lut(s_q, s_phq), elu1_lut(s_k, s_phk)
+    wqkv8, s_wqkv = _w8(np.concatenate([lw.wq * attn_scale, lw.wk, lw.wv]) * s_x[None, :])
+    s_out = np.concatenate([np.full(dim, s_q), np.full(dim, s_k), s_v])
+    m_qkv, sh_qkv = encode_multiplier(s_wqkv / s_out)
+    s_t = _col8(amax[p + "lt"])                       # heads·(d+1) columns
+    s_vx = np.concatenate([np.append(s_v[h * d:(h + 1) * d], 1.0) for h in range(heads)])
+    m_t, sh_t = encode_multiplier(s_phk * s_vx / s_t)
+    s_a = _col8(amax[p + "attn"], 255.0)
+    # out = (U_c / U_den)·s_t[c] / s_t[den]; the hardware's quotient carries 2^16.
+    s_tc = np.concatenate([s_t[h * (d + 1):h * (d + 1) + d] for h in range(heads)])
+    s_td = np.repeat(s_t[d::d + 1], d)
+    m_l, sh_l = encode_multiplier(s_tc / s_td / s_a / 65536.0)
+    wo8, s_wo = _w8(lw.wo * s_a[None, :])
+    bo = _bias32(lw.bo, s_wo)
+    m_o, sh_o = encode_multiplier(s_wo / s_o)
+    zeros = np.zeros(dim, dtype=np.int64)
+    fields = dict(wqkv=wqkv8, m_qkv=m_qkv, sh_qkv=sh_qkv, c_e=0, sh_e=0, m_a=zeros, sh_a=zeros,
+                  wo=wo8, bo=bo, m_o=m_o, sh_o=sh_o, linear=True, phi_q=phi_q, phi_k=phi_k, m_t=m_t, sh_t=sh_t,
+                  m_l=m_l, sh_l=sh_l)
+    return fields, {p + "q": s_q, p + "k": s_k, p + "v": s_v.tolist(), p + "phq": s_phq,
+                    p + "phk": s_phk,
+                    p + "lt": s_t.tolist(), p + "attn": s_a.tolist()}
+
+
 def quantize_ffn(lw, amax, p, s_x1, *, s_out):
     """The feed-forward block: W1 + bias → int8 → GELU table (int9) → W2 + bias → int16 at
     ``s_out``, for an input with per-column scale ``s_x1``; ``lw`` has w1, b1, w2, b2."""
@@ -120,11 +155,15 @@ def quantize_ffn(lw, amax, p, s_x1, *, s_out):
     return fields, {p + "ff1": s_f, p + "gelu": s_g}
 
 
-def quantize_layer(lw, amax, p, s_x, *, attn_scale, eps):
+def quantize_layer(lw, amax, p, s_x, *, attn_scale, eps, heads=1):
     """One post-norm encoder layer (:class:`LayerWeights` ``lw``) whose input has per-column
     scale ``s_x``: returns ``(QLayer, scales, s_x2)`` (``s_x2``: the output's column scales)."""
     s_h1 = _scale16(amax[p + "h1"], amax[p + "o"])
-    att, scales = quantize_attention(lw, amax, p, s_x, attn_scale=attn_scale, s_o=s_h1)
+    if getattr(lw, "linear", False):
+        att, scales = quantize_linear_attention(lw, amax, p, s_x, attn_scale=attn_scale,
+                                                s_o=s_h1, heads=heads)
+    else:
+        att, scales = quantize_attention(lw, amax, p, s_x, attn_scale=attn_scale, s_o=s_h1)
     m_r1, sh_r1 = encode_multiplier(s_x / s_h1)
     s_x1 = _col8(amax[p + "x1"], 255.0)
     ln1 = layernorm_constants(lw.ln1_g, lw.ln1_b, s_h1, s_x1, eps)
@@ -158,7 +197,7 @@ def quantize_kwt(weights: KwtFloatWeights, amax: dict, labels=None) -> QKwt:
     layers = []
     for i, lw in enumerate(weights.layers):
         layer, sc, s_x = quantize_layer(lw, amax, f"l{i}.", s_x, attn_scale=weights.attn_scale,
-                                        eps=weights.eps)
+                                        eps=weights.eps, heads=heads)
         layers.append(layer)
         scales.update(sc)
 
@@ -173,6 +212,25 @@ def quantize_kwt(weights: KwtFloatWeights, amax: dict, labels=None) -> QKwt:
     return QKwt(config=config, s_in=s_in, embed_w=ew8, embed_c0=embed_c0, embed_m=embed_m,
                 embed_sh=embed_sh, layers=layers, head_w=hw8, head_b=head_b, head_m=head_m,
                 head_sh=head_sh, scales=scales)
+
+
+def with_linear_layers(weights, layers):
+    """``weights`` with linear attention in ``layers`` (indices, or a comma-separated string)."""
+    import dataclasses
+
+    from .errors import KwsError
+    if isinstance(layers, str):
+        try:
+            layers = [int(t) for t in layers.split(",") if t.strip()]
+        except ValueError:
+            raise KwsError(f"--linear-layers: {layers!r} is not a comma-separated list of "
+                           f"layer numbers") from None
+    bad = [i for i in layers if not 0 <= i < weights.num_layers]
+    if bad:
+        raise KwsError(f"linear-attention layer(s) {bad} outside 0…{weights.num_layers - 1}")
+    new = [dataclasses.replace(lw, linear=True) if i in layers else lw
+           for i, lw in enumerate(weights.layers)]
+    return dataclasses.replace(weights, layers=new)
 
 
 def calibration_clips(directory, n, seed=0):
@@ -211,11 +269,15 @@ def main(argv=None):
                     "(default: ../shared/data/speech_commands)")
     ap.add_argument("--calib-n", type=int, default=384, help="number of calibration clips, class-balanced (default 384)")
     ap.add_argument("--out", default="data/kwt1_int8.npz", help="output model file (default data/kwt1_int8.npz)")
+    ap.add_argument("--linear-layers", default="", metavar="I,J,…",
+                    help="layers that use linear attention φ(q)(φ(k)ᵀv) instead of softmax (the "
+                         "trained weights are kept; accuracy changes)")
     args = ap.parse_args(argv)
     try:
         if args.calib_n < 1:
             raise KwsError("--calib-n must be at least 1")
         weights = read_kwt_weights(args.tflite)
+        weights = with_linear_layers(weights, args.linear_layers)
         clips = calibration_clips(args.calib_dir or speech_commands_dir(), args.calib_n)
         feats = np.stack([mfcc(read_wav(p)) for p, _ in tqdm(clips, desc="calibration MFCC", unit="clip")])
         batches = [feats[i:i + 64] for i in range(0, len(feats), 64)]

@@ -12,7 +12,7 @@ backend the cycles come from the cost model. ``--waves`` writes an FST (verilato
 Transformer operations (sim/ops.py quantizes the float inputs with the helpers of
 sim/quantize.py, calibrated on the inputs themselves; sim/compiler.py builds the program)::
 
-    python -m sim.run {softmax,layernorm,attention,mhsa,ffn,encoder} --backend B --pes P \
+    python -m sim.run {softmax,layernorm,attention,linear_attention,mhsa,ffn,encoder} --backend B --pes P \
         [--lanes L] --inputs IN.npz --out OUT.npz [--stats stats.json]
 
 ``IN.npz`` holds float arrays: softmax ``x`` [``scale``]; layernorm ``x``, ``gamma``, ``beta``

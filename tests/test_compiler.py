@@ -164,26 +164,32 @@ def op_inputs(rng):
         "softmax": dict(x=w(13, 37, sc=3)),
         "layernorm": dict(x=w(13, 40, sc=2) + 1, gamma=1 + w(40, sc=.1), beta=w(40, sc=.1)),
         "attention": dict(q=w(N, 16), k=w(N, 16), v=w(N, 8)),
+        "linear_attention": dict(q=w(N, 16), k=w(N, 16), v=w(N, 8)),
         "mhsa": dict(x=w(N, D), **att),
+        "mhsa_linear": dict(x=w(N, D), **att, linear=1),
         "ffn": dict(x=w(N, D), **ff),
         "encoder": dict(x=w(N, D), **att, **ff, gamma1=1 + w(D, sc=.1), beta1=w(D, sc=.1),
                         gamma2=1 + w(D, sc=.1), beta2=w(D, sc=.1)),
+        "encoder_linear": dict(x=w(N, D), **att, **ff, gamma1=1 + w(D, sc=.1),
+                               beta1=w(D, sc=.1), gamma2=1 + w(D, sc=.1), beta2=w(D, sc=.1),
+                               linear=1),
     }
 
 
 @pytest.mark.parametrize("P, L", [(1, 4), (3, 8), (8, 16)])
 def test_single_operations_bit_exact(P, L):
     cfg = AccelConfig(pes=P, lanes=L)
-    for op, arrays in op_inputs(np.random.default_rng(P)).items():
+    for name, arrays in op_inputs(np.random.default_rng(P)).items():
+        op = name.removesuffix("_linear")
         pr = prepare(op, arrays, config=cfg)
         y, _ = run(pr.job)
-        np.testing.assert_array_equal(y, pr.golden, err_msg=op)
-        assert check_program(pr.job.program, cfg) == [], op
+        np.testing.assert_array_equal(y, pr.golden, err_msg=name)
+        assert check_program(pr.job.program, cfg) == [], name
         # dequantized close to the float operation
         ref = pr.reference
         err = np.sqrt(((pr.dequantize(y) - ref) ** 2).mean() / (ref ** 2).mean())
-        assert err < 0.05, (op, err)
-    assert set(OPS) == set(op_inputs(np.random.default_rng(0)))
+        assert err < 0.05, (name, err)
+    assert set(OPS) == {n.removesuffix("_linear") for n in op_inputs(np.random.default_rng(0))}
 
 
 def test_ffn_chunks_and_weight_groups():

@@ -80,7 +80,9 @@ def test_imported_structure(weights):
     assert (w.dim, w.mlp_dim, w.heads, w.num_layers) == (64, 256, 1, 12)
     assert w.attn_scale == 0.125 and w.eps == pytest.approx(1e-6, rel=1e-6)
     arrays = [w.in_w, w.in_b, w.cls, w.pos, w.head_w, w.head_b]
-    arrays += [getattr(lw, f) for lw in w.layers for f in LayerWeights.__dataclass_fields__]
+    arrays += [getattr(lw, f) for lw in w.layers for f in LayerWeights.__dataclass_fields__
+               if f != "linear"]
+    assert not any(lw.linear for lw in w.layers)          # KWT-1: softmax attention
     assert sum(a.size for a in arrays) == 607_308  # the release's model_summary.txt
 
 

@@ -111,15 +111,52 @@ def test_kwt1_first_two_layers_verilator(kwt1, stall):
 
 
 @needs_hw
-@pytest.mark.parametrize("op", OPS)
-def test_op_verilator(op):
-    """Each standalone operation (sim.ops quantizes random float inputs) at P = 8, L = 16."""
-    prep = prepare(op, op_inputs(np.random.default_rng(11))[op], config=P8)
+@pytest.mark.parametrize("name", [*OPS, "mhsa_linear", "encoder_linear"])
+def test_op_verilator(name):
+    """Each standalone operation (sim.ops quantizes random float inputs) at P = 8, L = 16;
+    ``*_linear``: the block with linear attention."""
+    prep = prepare(name.removesuffix("_linear"), op_inputs(np.random.default_rng(11))[name],
+                   config=P8)
     y, _ = run_hw(prep.job, VerilatorBackend())
-    assert_same(y, prep.golden, op)
+    assert_same(y, prep.golden, name)
+
+
+@pytest.fixture(scope="module")
+def kwt1_linear():
+    """KWT-1 with linear attention in layers 1 and 11, calibrated on the shipped clips."""
+    from sim.kwt_float import kwt_forward  # noqa: F401  (calibrate runs it)
+    from sim.paths import repo_root
+    from sim.quantize import calibrate, quantize_kwt, with_linear_layers
+    from sim.tflite_import import load_float_npz
+    w = with_linear_layers(load_float_npz(repo_root() / "data" / "kwt1_float.npz"), [1, 11])
+    clips = list_dataset(shipped_clips_dir())
+    feats = np.stack([mfcc(read_wav(p)) for p, _ in clips])
+    model = quantize_kwt(w, calibrate(w, [feats]))
+    return model, model.quantize_input(feats[4])
+
+
+@needs_hw
+def test_kwt1_linear_layer_verilator(kwt1_linear):
+    """Embedding, layer 0 (softmax), layer 1 (linear attention), head at P = 8, L = 16."""
+    model, x = kwt1_linear
+    m2 = truncated(model, 2)
+    assert m2.layers[1].linear and not m2.layers[0].linear
+    job = compile_kwt(m2, x, config=P8)
+    y, _ = run_hw(job, VerilatorBackend())
+    assert_same(y[0], kwt(m2, x), "logits of KWT-1 (layer 1 linear) cut to 2 layers")
 
 
 # ---- slow: the whole model
+
+@needs_hw
+@pytest.mark.slow
+def test_kwt1_linear_whole_model_verilator(kwt1_linear):
+    """The whole KWT-1 with layers 1 and 11 in linear attention, bit-exact on Verilator."""
+    model, x = kwt1_linear
+    job = compile_kwt(model, x, config=P8_HW)
+    y, _ = run_hw(job, VerilatorBackend())
+    assert_same(y[0], kwt(model, x), "KWT-1 (linear layers 1, 11) logits")
+
 
 @needs_hw
 @pytest.mark.slow

@@ -215,7 +215,7 @@ def test_matmul_amem_t(P):
 
 
 def test_recip_rscale():
-    """RECIP (P = 3, random den including ≤ 0, < 2^16, 2^31 − 1, −2^31) followed by a MATMUL
+    """RECIP (P = 3, random den including ≤ 0, < 2^8, 2^31 − 1, −2^31) followed by a MATMUL
     with RSCALE + REQ: the interpreter's ext memory bit for bit, and the golden formula of
     linear_attention's normalization."""
     P = 3

@@ -111,6 +111,7 @@ def test_cli_op_on_amaranth(tmp_path, op):
     arrays = {"softmax": dict(x=w(5, 7, sc=3)),
               "layernorm": dict(x=w(5, 6, sc=2), gamma=np.ones(6), beta=np.zeros(6)),
               "attention": dict(q=w(5, 4), k=w(5, 4), v=w(5, 4)),
+              "linear_attention": dict(q=w(5, 4), k=w(5, 4), v=w(5, 3)),
               "mhsa": att,
               "ffn": dict(x=w(N, D), **ff),
               "encoder": dict(**att, **ff, gamma1=1 + w(D, sc=.1), beta1=w(D, sc=.1),

@@ -15,7 +15,7 @@ from .reduce import reduce_max, reduce_sum
 from .requant import add, encode_multiplier, requant
 from .rsqrt import RSQRT_LUT, rsqrt
 from .softmax import P_ONE, exp_weights, softmax, softmax_constants
-from .attention import attention, linear_attention, mha
+from .attention import attention, linear_attention, linear_mha, mha
 from .encoder import encoder_layer
 from .ffn import ffn
 from .kwt import embed, kwt
@@ -59,6 +59,7 @@ __all__ = [
     "softmax_constants",
     "attention",
     "linear_attention",
+    "linear_mha",
     "mha",
     "encoder_layer",
     "ffn",

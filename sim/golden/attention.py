@@ -4,13 +4,13 @@ import numpy as np
 from .activation import activation
 from .divide import divide
 from .fixed import INT8, INT9, INT32, clip, rshift_round, to_int
-from .mac import matmul
+from .mac import matmul, wrap32
 from .requant import requant
 from .softmax import exp_weights
 
-__all__ = ["attention", "mha", "linear_attention", "mantissa15", "DEN_MIN"]
+__all__ = ["attention", "mha", "linear_attention", "linear_mha", "mantissa15", "DEN_MIN"]
 
-DEN_MIN = 1 << 16
+DEN_MIN = 1 << 8
 
 
 def mantissa15(r, sh):
@@ -79,9 +79,30 @@ def linear_attention(q, k, v, lut_q, lut_k, m_t, sh_t, m_o, sh_o, out=INT9):
     t8 = requant(t, m_t, sh_t, *INT8)
     u = matmul(phq, t8)
     num, den = u[..., :-1], u[..., -1]
-    # den below 2^16 is clamped (the compiler scales Σφk so that it does not happen for real data);
-    # then r < 2^17 and its 15-bit mantissa needs a right shift of at least 14.
+    # den below 2^8 is clamped: r < 2^25, so its 15-bit mantissa keeps a right shift ≥ 6, and
+    # |t| ≤ 2^8·|num| < 2^31 for d ≤ 256 (|num| ≤ d·255·128; the compiler checks d). t wraps to
+    # 32 bits as the RSCALE stage does (never for such d).
     r = divide(np.full(den.shape, 1 << 32), np.clip(den, DEN_MIN, INT32[1]))
     m_r, sh_r = mantissa15(r, 16)
-    t = np.where(den[..., None] > 0, rshift_round(num * m_r[..., None], sh_r[..., None]), 0)
+    t = np.where(den[..., None] > 0,
+                 wrap32(rshift_round(num * m_r[..., None], sh_r[..., None])), 0)
     return clip(rshift_round(t * to_int(m_o, "m_o"), sh_o), *out)
+
+
+def linear_mha(q, k, v, heads, lut_q, lut_k, m_t, sh_t, m_l, sh_l, out=INT9):
+    """Multi-head linear attention: heads are column slices of int8 q, k, v (offset h·d,
+    width d), each :func:`linear_attention` with the φ tables ``lut_q``, ``lut_k``;
+    ``m_t, sh_t`` hold heads·(d+1) columns (head h at h·(d+1)), ``m_l, sh_l`` one per output
+    column."""
+    dim = q.shape[-1]
+    if heads < 1 or dim % heads:
+        raise ValueError(f"{dim} columns cannot be split into {heads} heads")
+    d = dim // heads
+    m_t, sh_t = np.broadcast_to(m_t, (heads * (d + 1),)), np.broadcast_to(sh_t, (heads * (d + 1),))
+    m_l, sh_l = np.broadcast_to(m_l, (dim,)), np.broadcast_to(sh_l, (dim,))
+    outs = []
+    for h in range(heads):
+        sl, st = slice(h * d, (h + 1) * d), slice(h * (d + 1), (h + 1) * (d + 1))
+        outs.append(linear_attention(q[..., sl], k[..., sl], v[..., sl], lut_q, lut_k, m_t[st],
+                                     sh_t[st], m_l[sl], sh_l[sl], out))
+    return np.concatenate(outs, axis=-1)

@@ -117,6 +117,9 @@ def kwt_delta(model, mfcc8, theta=None):
     :func:`normalize_thresholds`.
     """
     th = normalize_thresholds(theta)
+    if any(getattr(layer, "linear", False) for layer in model.layers):
+        raise ValueError("Delta KWT is defined for softmax-attention layers; this model has "
+                         "linear-attention layers")
     mfcc8 = to_int(mfcc8, "mfcc")
     count = _Count(mfcc8.shape[:-2])
     a = np.concatenate([np.zeros(mfcc8.shape[:-2] + (1, mfcc8.shape[-1]), np.int64), mfcc8], axis=-2)

@@ -1,6 +1,6 @@
 """Post-norm encoder layer, as KWT-1 (docs/numerics.md §14)."""
 
-from .attention import mha
+from .attention import linear_mha, mha
 from .fixed import INT8, INT9, INT16
 from .ffn import ffn
 from .layernorm import layernorm
@@ -17,12 +17,18 @@ def encoder_layer(x, layer, heads, trace=None):
     """
     dim = x.shape[-1]
     acc = matmul(x, layer.wqkv.T)
-    # q is an A operand (int9); k and v are B operands (int8).
-    q = requant(acc[..., :dim], layer.m_qkv[:dim], layer.sh_qkv[:dim], *INT9)
+    # q is an A operand (int9; int8 for the φ table of linear attention); k and v are B
+    # operands (int8).
+    q = requant(acc[..., :dim], layer.m_qkv[:dim], layer.sh_qkv[:dim],
+                *(INT8 if layer.linear else INT9))
     kv = requant(acc[..., dim:], layer.m_qkv[dim:], layer.sh_qkv[dim:], *INT8)
     k, v = kv[..., :dim], kv[..., dim:]
     att = {} if trace is not None else None
-    a = mha(q, k, v, heads, layer.c_e, layer.sh_e, layer.m_a, layer.sh_a, att)
+    if layer.linear:
+        a = linear_mha(q, k, v, heads, layer.phi_q, layer.phi_k, layer.m_t, layer.sh_t, layer.m_l,
+                       layer.sh_l)
+    else:
+        a = mha(q, k, v, heads, layer.c_e, layer.sh_e, layer.m_a, layer.sh_a, att)
     o = requant(matmul(a, layer.wo.T, layer.bo), layer.m_o, layer.sh_o, *INT16)
     h1 = add(o, x, layer.m_r1, layer.sh_r1, *INT16)
     x1 = layernorm(h1, **layer.ln1, lo=INT9[0], hi=INT9[1])
