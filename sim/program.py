@@ -1157,8 +1157,8 @@ class CostModel:
       complete for CMEM (``L + done_extra`` cycles after their last beat);
     * a MATMUL dispatches when every load issued before it but the last ``lag`` (its load lag,
       ``ext_addr[7:0]``) has landed, the sequencer is free (back-to-back MATMULs: one idle
-      cycle), no row operation runs and, behind a MATMUL with dst AMEM/BBUF_*, the array is
-      idle; it issues ``⌈M/P⌉·tiles·max(K, L)`` beats; the array is busy until
+      cycle), no row operation runs and, behind a MATMUL with dst AMEM/BBUF_*/AMEM_T or REQ,
+      the array is idle; it issues ``⌈M/P⌉·tiles·max(K, L)`` beats; the array is busy until
       ``L + busy_extra`` cycles after the last beat (ARRAY_CYCLES counts those cycles);
     * a row operation (SOFTMAX, LAYERNORM, RADD, RECIP) starts when the loads allow (its lag),
       the array is idle and the previous row operation has finished, and takes the row unit's
@@ -1283,16 +1283,16 @@ class CostModel:
                 end = last_beat + L + self.busy_extra
                 if i["dst"] == Dst.BBUF_ROWS:
                     end += P
-                elif i["dst"] == Dst.BBUF_T:
-                    end += min(L, i["count"] or L) * (_ceil(P, L) + 1)
-                elif i["dst"] == Dst.AMEM_T:
+                elif i["dst"] in (Dst.BBUF_T, Dst.AMEM_T):
                     # the last block: one word per column and L-row group, then its release
                     n_last = (i["count"] or i["tiles"] * L) - (i["tiles"] - 1) * L
                     off = (_ceil(i["rows"], P) - 1) * P % L
                     end += n_last * ((off + P - 1) // L + 1) + 1
                 array_cycles += max(0, end - max(accept + 1, busy_end))
                 busy_end = max(busy_end, end)
-                prev_local = i["dst"] != Dst.CMEM
+                # the controller's prev_local: a MATMUL behind one that writes AMEM/BBUF or
+                # REQs into CMEM (in D_Y) waits for the array to be idle
+                prev_local = i["dst"] != Dst.CMEM or bool(i["flags"] & Flag.REQ)
                 span((accept, end))
                 t = accept + self.issue
             elif op in ROW_OPS:

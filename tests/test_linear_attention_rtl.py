@@ -444,3 +444,25 @@ def test_linear_attention_head_verilator():
     hw, _, counters = run_both(pg, VerilatorBackend())
     np.testing.assert_array_equal(pg.read(hw, "out")[:, :15], want)
     assert np.ptp(want) > 100
+
+
+def test_cost_model_bbuf_t_and_req():
+    """The cost model's BBUF_T write-back tail (the same writer as AMEM_T) and a MATMUL behind a
+    REQ MATMUL waiting for the array to be idle (the controller's prev_local): CYCLES as the
+    RTL's within two cycles."""
+    P, L, M, K, N = 2, 4, 5, 24, 6
+    cfg = _cfg(P)
+    rng = np.random.default_rng(RNG_SEED + 40)
+    T = _tiles(N, L)
+    pg = Prog(cfg)
+    pg.asm.load_a(pg.put(a_words(rng.integers(-128, 128, (M, K)), L)), M, K, a_base=0,
+                  a_stride=K)
+    pg.asm.load_b(pg.put(b_words(rng.integers(-128, 128, (K, N)), L)), T * K, 0)
+    pg.asm.load_p(pg.put(param_words(np.zeros(N, int), np.full(N, 3), np.full(N, 12), L)), T, 0)
+    mm = dict(rows=M, k=K, tiles=T, n=N)
+    pg.asm.matmul(**mm, dst=Dst.BBUF_T, sat=Sat.INT8, out_base=200, out_stride=N)
+    pg.asm.matmul(**mm, dst=Dst.CMEM, sat=Sat.INT16, req=True, out_base=0, out_stride=T * L)
+    pg.asm.matmul(**mm, dst=Dst.CMEM, out_base=100, out_stride=T * L)
+    pg.observe_c("req", M, T, 0, T * L)
+    _, _, counters = run_both(pg, tol=2)
+    assert counters["STALL_WB"] == 0
