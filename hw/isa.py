@@ -28,6 +28,7 @@ class Op(enum.IntEnum):
     SOFTMAX = 0x30   # row operation: attention weights + row scales, or (NORM) probabilities
     LAYERNORM = 0x31  # row operation: LayerNorm of int16 rows
     RADD = 0x32      # row operation: residual add with per-column rescale
+    DMATMUL = 0x40   # delta matmul: token rows Δ-encoded with θ = imm[15:8], column-partitioned
 
 
 class Dst(enum.IntEnum):
