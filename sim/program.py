@@ -161,6 +161,21 @@ def _ceil(a, b):
     return -(-a // b)
 
 
+def w_delta_words(w, pes, lanes):
+    """LOAD_A image of DMATMUL weights W (K, N int8): row ``(j·K + k)·P + p`` holds
+    ``W[k, t·L … t·L + L − 1]`` of column tile ``t = j·P + p`` (zeros past N), so that
+    ``LOAD_A rows = ⌈tiles/P⌉·K·P, k = L, a_stride = L`` puts PE p's slices at
+    ``a_base + (j·K + k)·L`` (docs/isa.md, DMATMUL)."""
+    w = np.asarray(w, dtype=np.int64)
+    K, N = w.shape
+    T = _ceil(N, lanes)
+    g = _ceil(T, pes)
+    pad = np.zeros((K, g * pes * lanes), dtype=np.int64)
+    pad[:, :N] = w
+    out = pad.reshape(K, g, pes, lanes).transpose(1, 0, 2, 3).reshape(-1, lanes)
+    return a_words(out, lanes)
+
+
 def a_words(a, lanes):
     """LOAD_A format: row n in ``⌈K/L⌉`` words, element j in byte ``j mod L`` of word ``j div L``."""
     a = np.asarray(a, dtype=np.int64)
@@ -342,6 +357,24 @@ class Assembler:
                           p_base=p_base, dst=int(dst), out_base=out_base, out_stride=out_stride,
                           sat=int(_sat(sat)), flags=int(flags), count=n,
                           imm=int(table) & 1 if act else 0, ext_addr=self._lag(lag))
+
+    def dmatmul(self, *, rows, k, tiles, n=0, a_base=0, a_stride=None, b_base=0, p_base=0,
+                dst=Dst.AMEM, out_base=0, out_stride=None, sat=Sat.INT9, bias=False,
+                relu=False, req=False, act=False, table=0, theta=0, lag=0):
+        """DMATMUL (docs/isa.md): ``b_base`` is the AMEM element address of the W slices
+        (:func:`w_delta_words`), ``theta`` the delta threshold (imm[15:8])."""
+        flags = ((Flag.BIAS if bias else 0) | (Flag.RELU if relu else 0)
+                 | (Flag.REQ if req else 0) | (Flag.ACT if act else 0))
+        if not 0 <= int(theta) <= 255:
+            raise InputError(f"DMATMUL theta {theta} is not 0…255")
+        if out_stride is None:
+            out_stride = tiles * self.cfg.lanes
+        return self._emit(Op.DMATMUL, rows=rows, k=k, tiles=tiles, a_base=a_base,
+                          a_stride=k if a_stride is None else a_stride, b_base=b_base,
+                          p_base=p_base, dst=int(dst), out_base=out_base, out_stride=out_stride,
+                          sat=int(_sat(sat)), flags=int(flags), count=n,
+                          imm=(int(table) & 1 if act else 0) | int(theta) << 8,
+                          ext_addr=self._lag(lag))
 
     def load_c(self, ext_addr, rows, tiles, out_base=0, out_stride=None):
         return self._emit(Op.LOAD_C, ext_addr=ext_addr, rows=rows, tiles=tiles, out_base=out_base,

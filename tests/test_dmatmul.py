@@ -270,10 +270,10 @@ def test_dmatmul_cycles_fall_with_sparsity():
 def test_dmatmul_verilator_p8():
     """P = 8, L = 16 through Verilator: a KWT-1-like Q/K/V shape (K = 64, N = 192: two column
     passes) on slowly changing tokens, dst CMEM with REQ, bit-exact, cycles as the cost model."""
-    import shutil
-    from sim.backends import VerilatorBackend
-    if not shutil.which("verilator"):
-        pytest.skip("verilator not available")
+    from sim.backends import VerilatorBackend, hardware_status
+    ok, why = hardware_status()
+    if not ok:
+        pytest.skip(why)
     P, L, M, K, N, theta = 8, 16, 20, 64, 192, 3
     rng = np.random.default_rng(8)
     X, W = rows_case(rng, M, K, 5), rng.integers(-128, 128, (K, N))
