@@ -149,6 +149,10 @@ class PEArray(wiring.Component):
     cmem_rdata : Out(8L)
         The row read two cycles earlier.
 
+    A DMATMUL descriptor (``delta`` = 1) runs on the delta sequencer instead
+    (:meth:`_delta`, docs/delta.md): the same beat registers, drain and ``mm_done``/``busy``
+    accounting, its own encoder, per-PE column parameters, collector and writer.
+
     Timing: a MATMUL takes ``⌈M/P⌉·tiles·max(K, L)`` cycles of beats (``max(K, L + 4)`` for
     the first tile of an ACCUM), plus stalls on a full write-back; its results are complete
     ``PE.MAC_LATENCY + L + PE.D_Y`` cycles after the last beat (plus the write-back). Row

@@ -425,6 +425,13 @@ class PE(wiring.Component):
     ``last`` moves the L sums into the drain register (in M5), freeing the accumulators for
     the next tile.
 
+    **Delta beats** (DMATMUL, docs/delta.md): with ``dmode`` (given in M2, like ``b``) the
+    operands are swapped: every lane multiplies the broadcast ``dval`` (Δ, int10) by its own
+    element of the AMEM row (the low 8 bits: a W slice stored as int9) instead of the selected
+    element by its B byte; the array keeps ``first`` low between tokens, so the lanes keep
+    accumulating. ``arow`` is the AMEM row in M2 (the array's delta encoder reads token rows
+    through it).
+
     **Drain** (one element per cycle). From the cycle after a drain-register load, element i
     of the tile is ``dr[0]`` in cycle D0 = load + 1 + i (the register shifts every cycle); the
     array must space loads at least L cycles apart. Per element:

@@ -48,3 +48,28 @@ def test_delta_errors():
         compile_kwt(model, x, config=AccelConfig(pes=2, lanes=4, amem_depth=2048), delta=3)
     with pytest.raises(ValueError, match="0..255"):
         compile_kwt(model, x, config=cfg, delta=300)
+
+
+@pytest.mark.slow
+def test_kwt1_delta_whole_model_verilator():
+    """KWT-1 on a real clip with DMATMUL at qkv, wo, ffn1, ffn2 (θ = 8) through Verilator at
+    P = 8, L = 16, AMEM 16384: logits equal kwt_delta, CYCLES below the dense program's."""
+    from sim.backends import VerilatorBackend, hardware_status
+    from sim.compiler import run_compiled
+    from sim.kws import DEFAULT_MODEL, HW_DEPTHS
+    from sim.mfcc import mfcc
+    from sim.paths import shipped_clips_dir
+    from sim.qmodel import load_qmodel
+    from sim.wav import list_dataset, read_wav
+    ok, why = hardware_status()
+    if not ok:
+        pytest.skip(why)
+    model = load_qmodel(DEFAULT_MODEL)
+    path, _ = list_dataset(shipped_clips_dir())[4]
+    x = model.quantize_input(mfcc(read_wav(path)))
+    cfg = AccelConfig(pes=8, lanes=16, **{**HW_DEPTHS, "amem_depth": 16384})
+    th = dict.fromkeys(HW4, 8)
+    y, counters, _ = run_compiled(compile_kwt(model, x, config=cfg, delta=th), VerilatorBackend())
+    np.testing.assert_array_equal(y[0], kwt_delta(model, x, th)[0])
+    _, dense, _ = run_compiled(compile_kwt(model, x, config=cfg), "interp")
+    assert counters["CYCLES"] < dense["CYCLES"]
