@@ -16,7 +16,7 @@ from .pe import (LANE_CHOICES, PE, BankedRam, InitMode, RowOp, _log2, bank_selec
 from .rowunit import RowSequencer, row_desc_layout
 
 __all__ = ["PEArray", "matmul_desc_layout", "bbuf_w_layout", "pbuf_w_layout", "amem_w_layout",
-           "cmem_w_layout", "table_w_layout", "MAX_PES", "ADDR_BITS", "MM_TAG_BITS", "DELTA_WORDS"]
+           "cmem_w_layout", "table_w_layout", "MAX_PES", "ADDR_BITS", "MM_TAG_BITS", "DELTA_WORDS", "DELTA_BLOCKS"]
 
 MAX_PES = 64
 #: Width of internal address arithmetic: every range is checked at decode against depths
@@ -28,6 +28,9 @@ ADDR_BITS = 18
 #: long as fewer than 2^16 operations complete between a STORE_C's dispatch and its start (a
 #: program holds at most 65 536 instructions) and fewer than 2^16 are in flight (a handful).
 MM_TAG_BITS = 17
+#: Collector blocks of the delta writer (P×L results each): a token's last beat waits for a
+#: free one, so more blocks hide more of the drain and write latency behind later tokens.
+DELTA_BLOCKS = 4
 #: Words of L elements in the delta sequencer's X̂ and Δ buffers: the default largest K of a
 #: DMATMUL is ``DELTA_WORDS·L`` (256 at L = 16: KWT-1's MLP width).
 DELTA_WORDS = 16
@@ -316,7 +319,7 @@ class PEArray(wiring.Component):
             # delta mode: the token's destination PE, the element address of its row's first
             # column of this pass, the columns left from there (N − j·P·L)
             "delta": unsigned(1), "dq": unsigned(max(1, (P - 1).bit_length())),
-            "drow": unsigned(AB), "dn": signed(AB),
+            "drow": unsigned(AB), "dn": signed(AB), "dblk": unsigned(2),
         })
         ring = [Signal(tile_layout, name=f"tile_ring{k}") for k in range(2)]
         ring_w, ring_r = Signal(), Signal()
@@ -463,6 +466,7 @@ class PEArray(wiring.Component):
             "sat": unsigned(2), "tile_end": unsigned(1), "blk": unsigned(1),
             "mm_end": unsigned(1), "rscale": unsigned(1), "req": unsigned(1),
             "act": unsigned(1), "act_sel": unsigned(1), "delta": unsigned(1),
+            "dblk": unsigned(2),
         })
         meta = [Signal(meta_layout, name=f"meta{k}") for k in range(D_Y + 1)]
         m.d.comb += [
@@ -475,7 +479,7 @@ class PEArray(wiring.Component):
             meta[0].rscale.eq((dm.flags & Flag.RSCALE).any()),
             meta[0].req.eq((dm.flags & Flag.REQ).any()),
             meta[0].act.eq((dm.flags & Flag.ACT).any()), meta[0].act_sel.eq(dm.act_sel),
-            meta[0].delta.eq(dm.delta),
+            meta[0].delta.eq(dm.delta), meta[0].dblk.eq(dm.dblk),
         ]
         m.d.sync += [meta[k + 1].eq(meta[k]) for k in range(D_Y)]
 
@@ -774,8 +778,9 @@ class PEArray(wiring.Component):
         ew = Signal(wbits)
         emask = Signal(L)
         tok_first = Signal()
-        d_alloc = Signal()
-        dcredits = Signal(range(3), init=2)
+        NB = DELTA_BLOCKS
+        d_alloc = Signal(2)
+        dcredits = Signal(range(NB + 1), init=NB)
 
         def ffs(v, n):
             """Index of the lowest set bit of ``v`` (n bits; 0 if none): the bit isolated by
@@ -882,7 +887,7 @@ class PEArray(wiring.Component):
         dtile = Signal(tile_layout)
         m.d.comb += [
             dtile.dst.eq(desc.dst), dtile.flags.eq(desc.flags), dtile.sat.eq(desc.sat),
-            dtile.rmask.eq((1 << P) - 1), dtile.ncols.eq(L), dtile.blk.eq(d_alloc),
+            dtile.rmask.eq((1 << P) - 1), dtile.ncols.eq(L), dtile.dblk.eq(d_alloc),
             dtile.mm_last.eq(last_tok & last_pass), dtile.act_sel.eq(desc.act_sel),
             dtile.delta.eq(1), dtile.dq.eq(dtq), dtile.drow.eq(dorow + djoff),
             dtile.dn.eq(desc.ncols - djoff),
@@ -915,7 +920,7 @@ class PEArray(wiring.Component):
                     with m.Else():
                         m.d.sync += [ew.eq(w_next), emask.eq(pick(dmask, w_next))]
                 with m.Else():
-                    m.d.sync += [ring_w.eq(~ring_w), d_alloc.eq(~d_alloc)]
+                    m.d.sync += [ring_w.eq(~ring_w), d_alloc.eq(d_alloc + 1)]
                     for k in range(2):
                         with m.If(_eq(ring_w, k)):
                             m.d.sync += ring[k].eq(dtile)
@@ -937,40 +942,40 @@ class PEArray(wiring.Component):
                             m.d.sync += dactive.eq(0)
 
         # ---- collector: two blocks of P×L results (y, 16 bits), filled in D_Y.
-        cblk = [[Signal(16 * L, name=f"dcblk{b}_{p}") for p in range(P)] for b in range(2)]
+        cblk = [[Signal(16 * L, name=f"dcblk{b}_{p}") for p in range(P)] for b in range(NB)]
         dmeta_layout = data.StructLayout({"dq": unsigned(qbits), "drow": unsigned(AB),
                                           "dn": signed(AB), "mm_last": unsigned(1),
                                           "cmem": unsigned(1)})
-        dmeta = [Signal(dmeta_layout, name=f"dmeta{b}") for b in range(2)]
-        dfull = Signal(2)
+        dmeta = [Signal(dmeta_layout, name=f"dmeta{b}") for b in range(NB)]
+        dfull = Signal(NB)
         with m.If(load):
             tile = data.View(tile_layout, Mux(ring_r, ring[1].as_value(), ring[0].as_value()))
             with m.If(tile.delta):
-                for b in range(2):
-                    with m.If(_eq(tile.blk, b)):
+                for b in range(NB):
+                    with m.If(_eq(tile.dblk, b)):
                         m.d.sync += [dmeta[b].dq.eq(tile.dq), dmeta[b].drow.eq(tile.drow),
                                      dmeta[b].dn.eq(tile.dn), dmeta[b].mm_last.eq(tile.mm_last),
                                      dmeta[b].cmem.eq(is_zero(tile.dst))]
         with m.If(my.valid & my.delta):
-            for b in range(2):
-                with m.If(_eq(my.blk, b)):
+            for b in range(NB):
+                with m.If(_eq(my.dblk, b)):
                     for i in range(L):
                         with m.If(_eq(my.i, i)):
                             m.d.sync += [cblk[b][p][16 * i:16 * i + 16].eq(pe.y)
                                          for p, pe in enumerate(pes)]
 
         # ---- writer
-        w_busy, w_blk = Signal(), Signal()
+        w_busy, w_blk = Signal(), Signal(2)
         wm = Signal(dmeta_layout)
         w_p = Signal(range(P + 1))
         w_s = Signal(2)
         w_n = Signal(signed(AB))
         with m.If(~w_busy):
-            with m.If(Mux(w_blk, dfull[1], dfull[0])):
-                bm = data.View(dmeta_layout, Mux(w_blk, dmeta[1].as_value(), dmeta[0].as_value()))
+            with m.If((dfull >> w_blk)[0]):
+                bm = data.View(dmeta_layout, pick((d.as_value() for d in dmeta), w_blk))
                 m.d.sync += [w_busy.eq(1), wm.eq(bm), w_p.eq(0), w_s.eq(0), w_n.eq(bm.dn),
                              dw_addr.eq(bm.drow)]
-        rows_b = [Mux(w_blk, cblk[1][p], cblk[0][p]) for p in range(P)]
+        rows_b = [pick((cblk[b][p] for b in range(NB)), w_blk) for p in range(P)]
         row = pick(rows_b, w_p[:qbits] if P > 1 else 0)
         ncols = Mux(w_n >= L, L, Mux(w_n > 0, w_n[:lsh + 1], 0))
         lane_en = Signal(L)
@@ -989,7 +994,8 @@ class PEArray(wiring.Component):
                                           Mux(grp[16 * s + 15], 0xFFFF, 0)[:16])
                                       for s in range(cw))))
         m.d.comb += dw_en.eq(Mux(wm.cmem, (lane_en >> (w_s * cw))[:cw], lane_en))
-        last_row = w_p == P - 1
+        # the last PE row with columns in this pass (later PEs have none: N ran out)
+        last_row = (w_p == P - 1) | (w_n <= L)
         with m.If(w_busy):
             with m.If(wm.cmem & ~step_end):
                 m.d.sync += [w_s.eq(w_s + 1), dw_addr.eq(dw_addr + cw)]
@@ -997,13 +1003,13 @@ class PEArray(wiring.Component):
                 m.d.sync += [w_s.eq(0), w_p.eq(w_p + 1), w_n.eq(w_n - L),
                              dw_addr.eq(Mux(wm.cmem, dw_addr + cw, dw_addr + L))]
                 with m.If(last_row):
-                    m.d.sync += [w_busy.eq(0), w_blk.eq(~w_blk)]
+                    m.d.sync += [w_busy.eq(0), w_blk.eq(w_blk + 1)]
         fin = w_busy & step_end & last_row
         m.d.comb += [dw_done.eq(fin), dw_done_last.eq(fin & wm.mm_last)]
-        for b in range(2):
+        for b in range(NB):
             with m.If(fin & (_eq(w_blk, b))):
                 m.d.sync += dfull[b].eq(0)
-            with m.If(my.tile_end & my.delta & (_eq(my.blk, b))):
+            with m.If(my.tile_end & my.delta & (_eq(my.dblk, b))):
                 m.d.sync += dfull[b].eq(1)
         take = d_issue & d_last
         m.d.sync += dcredits.eq(dcredits - take + fin)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw.isa import INSTR_BITS, Dst, ErrorCode, Flag, Op, Sat, decode, encode
+from hw.array import DELTA_BLOCKS
 from hw.pe import PE
 
 from .errors import InputError, KwsError
@@ -1257,8 +1258,9 @@ class CostModel:
         M, K, T = i["rows"], i["k"], i["tiles"]
         g, nw = _ceil(T, P), _ceil(K, L)
         nnz = i.get("_delta_nnz") or [K] * M
-        write = P * (4 if i["dst"] == Dst.CMEM else 1)
-        free = [accept, accept]      # when each collector block's credit is back
+        per_pe = 4 if i["dst"] == Dst.CMEM else 1
+        N = i["count"] or T * L
+        free = [accept] * DELTA_BLOCKS   # when each collector block's credit is back
         w_free = 0                   # the writer is free from this cycle on
         written = accept
         c = accept + 1               # the sequencer's current cycle
@@ -1268,16 +1270,20 @@ class CostModel:
             if j:
                 c = max(c, written + 1)          # results of the pass written (FWAIT)
             c += 1 + 8 * P                      # FWAIT, parameter fetch
+            # the writer stops after the last PE with columns in this pass
+            write = min(P, _ceil(N - j * P * L, L)) * per_pe
             for t in range(M):
                 n = max(1, nnz[t])
                 beats += n
                 emit = c + nw + self.delta_scan
                 last_beat = max(emit + n - 1, last_beat + L, free[blk])
-                w_start = max(last_beat + self.delta_full + L, w_free)
+                # the writer takes a block the cycle after it is full or after the previous
+                # block's last write, and writes from the next
+                w_start = max(last_beat + self.delta_full + L, w_free + 1)
                 w_free = w_start + write
                 written = w_free
                 free[blk] = w_free + 1
-                blk ^= 1
+                blk = (blk + 1) % DELTA_BLOCKS
                 c = last_beat + 1
         return beats, last_beat, written + 1
 
