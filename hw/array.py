@@ -582,11 +582,13 @@ class PEArray(wiring.Component):
                 pe.c_slot.eq(Mux(row_busy, rseq.c_raddr[:csh], d_e[:csh]) if csh else 0),
                 pe.d_init.eq(d_init),
                 pe.rs_row.eq(rpass2),
-                pe.bias.eq(Mux(meta[3].delta, dbias3[p], bias3)),
+                # (the drain metadata keeps the last tile's flags after it: gate with valid)
+                pe.bias.eq(Mux(meta[3].valid & meta[3].delta, dbias3[p], bias3)),
                 pe.rscale.eq(mw.rscale),
                 # G of LAYERNORM is signed; every other m is uint16.
-                pe.m.eq(Mux(mq.delta, dmul4[p], Mux(row_busy & is_ln, mul4.as_signed(), mul4))),
-                pe.sh.eq(Mux(mq.delta, dsh4[p], sh4)),
+                pe.m.eq(Mux(mq.valid & mq.delta, dmul4[p],
+                            Mux(row_busy & is_ln, mul4.as_signed(), mul4))),
+                pe.sh.eq(Mux(mq.valid & mq.delta, dsh4[p], sh4)),
                 pe.sat.eq(mq.sat), pe.relu.eq(mq.relu),
                 pe.act.eq(ma.valid & ma.act), pe.act_sel.eq(ma.act_sel),
                 pe.row.eq(row_busy), pe.rop.eq(rseq.rop),

@@ -73,3 +73,23 @@ def test_kwt1_delta_whole_model_verilator():
     np.testing.assert_array_equal(y[0], kwt_delta(model, x, th)[0])
     _, dense, _ = run_compiled(compile_kwt(model, x, config=cfg), "interp")
     assert counters["CYCLES"] < dense["CYCLES"]
+
+
+@pytest.mark.slow
+def test_small_delta_kwt_amaranth():
+    """A 1-layer dim-32 KWT on 12 tokens with DMATMUL at every supported site (θ = 8) on the
+    Amaranth RTL at P = 2, L = 4: logits equal kwt_delta (row operations right after a
+    DMATMUL, the weight-slice ring, the q|X̂ region)."""
+    from sim.backends import AmaranthBackend
+    from sim.compiler import run_compiled
+    from tests.test_kwt_rtl import truncated
+    model, x = random_model(32, 2, 64, tokens=12)
+    m1 = truncated(model, 1)
+    cfg = AccelConfig(pes=2, lanes=4, amem_depth=4096, cmem_depth=1024, bbuf_depth=1024,
+                      pbuf_depth=64, imem_depth=128)
+    th = dict.fromkeys(HW4, 8)
+    job = compile_kwt(m1, x, config=cfg, delta=th, last_rows1=False)
+    y, counters, _ = run_compiled(job, AmaranthBackend())
+    np.testing.assert_array_equal(y[0], kwt_delta(m1, x, th)[0])
+    _, model_counters, _ = run_compiled(job, "interp")
+    assert abs(counters["CYCLES"] - model_counters["CYCLES"]) < 0.01 * counters["CYCLES"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hw.isa import Dst, ErrorCode, Flag, Op, Sat
-from sim.golden import INT8, INT9, INT16, matmul, requant
+from sim.golden import INT8, INT9, INT16, add, matmul, requant
 from sim.golden.delta_kwt import delta_rows
 from tests.test_accelerator import Program, a_words, c_from_words, p_words, tiles
 from tests.test_accelerator_ops import fit, observe
@@ -66,15 +66,23 @@ def test_dmatmul_amem_and_cmem(P, L, M, K, N, theta, seed):
     bias = rng.integers(-5000, 5000, N)
     m, sh = fit(matmul(X, W, bias[None, :]), 200)
     T = tiles(N, L)
-    # dst CMEM, REQ int16
+    # dst CMEM, REQ int16; then a RADD straight on the results (a row operation right after a
+    # DMATMUL must get its own PBUF m/sh, not the DMATMUL's per-PE parameters)
     pg, ob = delta_program(L, P, X, W, theta, bias, m, sh, dst=Dst.CMEM, sat=Sat.INT16,
                            flags=Flag.BIAS | Flag.REQ, out_base=0)
+    k_r = min(K, N)
+    m_r, sh_r = rng.integers(1, 1 << 14, k_r), rng.integers(8, 14, k_r)
+    pg(Op.LOAD_P, ext_addr=pg.put(p_words(np.zeros(k_r, np.int64), m_r, sh_r, L)),
+       count=tiles(k_r, L), p_base=8)
+    pg(Op.RADD, rows=M, k=k_r, a_base=0, a_stride=T * L, b_base=0, imm=tiles(K, L) * L,
+       dst=Dst.CMEM, out_base=0, out_stride=T * L, p_base=8, sat=Sat.INT16)
     out = pg.reserve(M * T * 4)
     pg(Op.STORE_C, ext_addr=out, rows=M, tiles=T, out_base=0, out_stride=T * L)
     pg(Op.HALT)
     r = pg.run(pes=P, delta_k=32, max_cycles=20_000)
     assert r["halted"], r["code"]
     want, nnz = golden(X, W, theta, bias, m, sh, *INT16)
+    want[:, :k_r] = add(want[:, :k_r], X[:, :k_r], m_r, sh_r, *INT16)
     np.testing.assert_array_equal(c_from_words(r["mem"], M, T, L, out)[:, :N], want)
 
 
