@@ -1,11 +1,16 @@
 """DMATMUL cycles against the sparsity of Δ: one delta matmul on token rows that change by
 random steps of at most ``step`` per token (θ = 4), Amaranth RTL counters next to the dense
 beat count ⌈M/P⌉·tiles·K. Usage: ``python benchmarks/dmatmul.py`` (P = 2, L = 4, ≈ 1 min)."""
-import numpy as np
+import sys
+from pathlib import Path
 
-from sim.golden import matmul
-from tests.test_dmatmul import cmem_case, rows_case, run_both, tiles
-from tests.test_accelerator_ops import fit
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from sim.golden import matmul  # noqa: E402
+from tests.test_accelerator_ops import fit  # noqa: E402
+from tests.test_dmatmul import cmem_case, rows_case, run_both, tiles  # noqa: E402
 
 
 def main():
