@@ -8,7 +8,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out, connect, flipped
 from amaranth.sim import Simulator
 
-from .array import MAX_PES, PEArray
+from .array import DELTA_WORDS, MAX_PES, PEArray
 from .controller import Controller
 from .csr import CsrRegs, csr_bus_signature
 from .dma import Dma, mem_signature
@@ -84,10 +84,14 @@ class Accelerator(wiring.Component):
 
     def __init__(self, *, pes, lanes=DEFAULTS["lanes"], amem_depth=DEFAULTS["amem_depth"],
                  cmem_depth=DEFAULTS["cmem_depth"], bbuf_depth=DEFAULTS["bbuf_depth"],
-                 pbuf_depth=DEFAULTS["pbuf_depth"], imem_depth=DEFAULTS["imem_depth"]):
+                 pbuf_depth=DEFAULTS["pbuf_depth"], imem_depth=DEFAULTS["imem_depth"],
+                 delta_k=None):
         check_params(pes=pes, lanes=lanes, amem_depth=amem_depth, cmem_depth=cmem_depth,
                      bbuf_depth=bbuf_depth, pbuf_depth=pbuf_depth, imem_depth=imem_depth)
         self._pes, self._lanes = pes, lanes
+        if delta_k is None:
+            delta_k = DELTA_WORDS * lanes
+        self._delta_k = check_int("delta_k", delta_k, lo=1, hi=1024)
         self._amem_depth, self._cmem_depth = amem_depth, cmem_depth
         self._bbuf_depth, self._pbuf_depth, self._imem_depth = bbuf_depth, pbuf_depth, imem_depth
         super().__init__({
@@ -102,6 +106,7 @@ class Accelerator(wiring.Component):
     bbuf_depth = property(lambda self: self._bbuf_depth)
     pbuf_depth = property(lambda self: self._pbuf_depth)
     imem_depth = property(lambda self: self._imem_depth)
+    delta_k = property(lambda self: self._delta_k)
 
     @property
     def config_word(self):
@@ -115,11 +120,12 @@ class Accelerator(wiring.Component):
         m.submodules.csr = csr = CsrRegs(config=self.config_word)
         m.submodules.ctrl = ctrl = Controller(
             pes=P, lanes=L, amem_depth=self._amem_depth, cmem_depth=self._cmem_depth,
-            bbuf_depth=self._bbuf_depth, pbuf_depth=self._pbuf_depth, imem_depth=self._imem_depth)
+            bbuf_depth=self._bbuf_depth, pbuf_depth=self._pbuf_depth, imem_depth=self._imem_depth,
+            delta_k=self._delta_k)
         m.submodules.dma = dma = Dma(pes=P, lanes=L, imem_depth=self._imem_depth)
         m.submodules.array = array = PEArray(
             pes=P, lanes=L, amem_depth=self._amem_depth, cmem_depth=self._cmem_depth,
-            bbuf_depth=self._bbuf_depth, pbuf_depth=self._pbuf_depth)
+            bbuf_depth=self._bbuf_depth, pbuf_depth=self._pbuf_depth, delta_k=self._delta_k)
 
         connect(m, flipped(self.bus), csr.bus)
         connect(m, flipped(self.mem), dma.mem)

@@ -16,7 +16,7 @@ from .pe import (LANE_CHOICES, PE, BankedRam, InitMode, RowOp, _log2, bank_selec
 from .rowunit import RowSequencer, row_desc_layout
 
 __all__ = ["PEArray", "matmul_desc_layout", "bbuf_w_layout", "pbuf_w_layout", "amem_w_layout",
-           "cmem_w_layout", "table_w_layout", "MAX_PES", "ADDR_BITS", "MM_TAG_BITS"]
+           "cmem_w_layout", "table_w_layout", "MAX_PES", "ADDR_BITS", "MM_TAG_BITS", "DELTA_WORDS", "DELTA_BLOCKS"]
 
 MAX_PES = 64
 #: Width of internal address arithmetic: every range is checked at decode against depths
@@ -28,6 +28,12 @@ ADDR_BITS = 18
 #: long as fewer than 2^16 operations complete between a STORE_C's dispatch and its start (a
 #: program holds at most 65 536 instructions) and fewer than 2^16 are in flight (a handful).
 MM_TAG_BITS = 17
+#: Collector blocks of the delta writer (P×L results each): a token's last beat waits for a
+#: free one, so more blocks hide more of the drain and write latency behind later tokens.
+DELTA_BLOCKS = 4
+#: Words of L elements in the delta sequencer's X̂ and Δ buffers: the default largest K of a
+#: DMATMUL is ``DELTA_WORDS·L`` (256 at L = 16: KWT-1's MLP width).
+DELTA_WORDS = 16
 
 
 def matmul_desc_layout():
@@ -45,6 +51,9 @@ def matmul_desc_layout():
         "dst": unsigned(3), "sat": unsigned(2),   # hw.isa.Dst (AMEM_T = 4)
         "flags": unsigned(6),      # hw.isa.Flag: BIAS, ACCUM, RELU, RSCALE, REQ, ACT
         "act_sel": unsigned(1),    # ACT: the table (imm[0])
+        "delta": unsigned(1),      # DMATMUL: column-partitioned delta mode
+        "theta": unsigned(8),      # DMATMUL: θ (imm[15:8])
+        "gpasses": unsigned(8),    # DMATMUL: ⌈tiles/P⌉ column passes
     })
 
 
@@ -88,6 +97,9 @@ def _mul_const(x, c):
     """``x·c`` for a small constant c as a sum of shifts (no multiplier is inferred)."""
     terms = [x << b for b in range(c.bit_length()) if c >> b & 1]
     return sum(terms[1:], terms[0]) if terms else Const(0)
+def _eq(sig, value):
+    """``sig == value``, written as a zero test for 0 (Verilator's lint)."""
+    return is_zero(sig) if value == 0 else sig == value
 
 
 def _check_pow2(name, value, lo, hi):
@@ -149,14 +161,22 @@ class PEArray(wiring.Component):
     cmem_rdata : Out(8L)
         The row read two cycles earlier.
 
+    A DMATMUL descriptor (``delta`` = 1) runs on the delta sequencer instead
+    (:meth:`_delta`, docs/delta.md): the same beat registers, drain and ``mm_done``/``busy``
+    accounting, its own encoder, per-PE column parameters, collector and writer.
+
     Timing: a MATMUL takes ``⌈M/P⌉·tiles·max(K, L)`` cycles of beats (``max(K, L + 4)`` for
     the first tile of an ACCUM), plus stalls on a full write-back; its results are complete
     ``PE.MAC_LATENCY + L + PE.D_Y`` cycles after the last beat (plus the write-back). Row
     operations: see :mod:`hw.rowunit`.
     """
 
-    def __init__(self, *, pes, lanes, amem_depth, cmem_depth, bbuf_depth, pbuf_depth):
+    def __init__(self, *, pes, lanes, amem_depth, cmem_depth, bbuf_depth, pbuf_depth,
+                 delta_k=None):
         self._pes = check_int("pes", pes, lo=1, hi=MAX_PES)
+        if delta_k is None:
+            delta_k = DELTA_WORDS * lanes
+        self._delta_k = check_int("delta_k", delta_k, lo=1, hi=1024)
         self._lanes = check_choice("lanes", lanes, LANE_CHOICES)
         self._amem_depth = _check_pow2("amem_depth", amem_depth, 2 * lanes, 1 << 16)
         self._cmem_depth = _check_pow2("cmem_depth", cmem_depth, lanes, 1 << 16)
@@ -188,6 +208,7 @@ class PEArray(wiring.Component):
     cmem_depth = property(lambda self: self._cmem_depth)
     bbuf_depth = property(lambda self: self._bbuf_depth)
     pbuf_depth = property(lambda self: self._pbuf_depth)
+    delta_k = property(lambda self: self._delta_k)
 
     def elaborate(self, platform):
         m = Module()
@@ -263,12 +284,17 @@ class PEArray(wiring.Component):
         issue = Signal()
         row_busy = Signal()
         row_free = Signal(init=1)    # no row operation (a local register for the accept path)
+        # Delta mode (DMATMUL): its own sequencer below drives the same beat registers.
+        dactive = Signal()
+        d_issue, d_hold, d_last, d_first = Signal(), Signal(), Signal(), Signal()
+        d_addr = Signal(AB)
+        d_val = Signal(signed(10))
         m.d.comb += [
             issue.eq(active & ~hold),
-            self.cmd.ready.eq(~active & row_free),
-            self.active.eq(active),
-            self.mac.eq(issue),
-            self.stall_wb.eq(active & hold),
+            self.cmd.ready.eq(~active & ~dactive & row_free),
+            self.active.eq(active | dactive),
+            self.mac.eq(issue | d_issue),
+            self.stall_wb.eq((active & hold) | d_hold),
         ]
 
         # Per-tile values, registered: they follow rows_left / n_left / off_t one cycle later,
@@ -292,7 +318,9 @@ class PEArray(wiring.Component):
         # Beat registers (stage I).
         i_valid, i_first, i_last = Signal(), Signal(), Signal()
         i_a = Signal(16)
-        m.d.sync += [i_valid.eq(issue), i_first.eq(jfirst), i_last.eq(is_last), i_a.eq(a_addr)]
+        m.d.sync += [i_valid.eq(issue | d_issue), i_first.eq(Mux(dactive, d_first, jfirst)),
+                     i_last.eq(Mux(dactive, d_last, is_last)),
+                     i_a.eq(Mux(dactive, d_addr, a_addr))]
         # BBUF is read one cycle ahead of the beat (its banks add a register level).
         m.d.comb += bbuf.r_addr.eq(b_addr)
 
@@ -304,6 +332,10 @@ class PEArray(wiring.Component):
             "ncols": range(L + 1), "e_tile": unsigned(AB), "pb_tile": unsigned(AB),
             "blk": unsigned(1), "mm_last": unsigned(1), "rpass": unsigned(8),
             "act_sel": unsigned(1),
+            # delta mode: the token's destination PE, the element address of its row's first
+            # column of this pass, the columns left from there (N − j·P·L)
+            "delta": unsigned(1), "dq": unsigned(max(1, (P - 1).bit_length())),
+            "drow": unsigned(AB), "dn": signed(AB), "dblk": unsigned(2),
         })
         ring = [Signal(tile_layout, name=f"tile_ring{k}") for k in range(2)]
         ring_w, ring_r = Signal(), Signal()
@@ -339,7 +371,7 @@ class PEArray(wiring.Component):
             d = self.cmd.payload
             d_amt = d.dst == Dst.AMEM_T
             m.d.sync += [
-                desc.eq(d), active.eq(1), jrem.eq(d.k - 1), jfirst.eq(1), trem.eq(d.tiles - 1),
+                desc.eq(d), active.eq(~d.delta), jrem.eq(d.k - 1), jfirst.eq(1), trem.eq(d.tiles - 1),
                 is_last.eq(d.k == 1), k_is_1.eq(d.k == 1),
                 passes_left.eq(d.passes - 1),
                 a_row.eq(d.a_base), a_addr.eq(d.a_base), b_addr.eq(d.b_base),
@@ -355,7 +387,7 @@ class PEArray(wiring.Component):
                 first_tile.eq(1), rpass.eq(0),
             ]
 
-        last_issue = issue & is_last
+        last_issue = (issue & is_last) | (d_issue & d_last)
         with m.If(last_issue):
             m.d.sync += since.eq(1)
         with m.Elif(since != gap_max):
@@ -422,7 +454,8 @@ class PEArray(wiring.Component):
         # No MATMUL in the array (registered: its accept enables every row-sequencer register;
         # a MATMUL accepted in this cycle counts as busy, and nothing else starts one).
         mm_idle = Signal()
-        m.d.sync += mm_idle.eq(~active & ~outstanding.any() & ~(self.cmd.valid & self.cmd.ready))
+        m.d.sync += mm_idle.eq(~active & ~dactive & ~outstanding.any() &
+                               ~(self.cmd.valid & self.cmd.ready))
         m.d.comb += [self.row_cmd.ready.eq(rseq.cmd.ready & mm_idle),
                      rseq.cmd.valid.eq(self.row_cmd.valid & self.row_cmd.ready),
                      rseq.cmd.payload.eq(self.row_cmd.payload),
@@ -430,9 +463,15 @@ class PEArray(wiring.Component):
         # A row operation accepted now is busy from the next cycle on, as row_free drops.
         m.d.sync += row_free.eq(~rseq.busy & ~(self.row_cmd.valid & self.row_cmd.ready))
 
+        # Delta beats: Δ and the mode reach the PEs in M2, like the B word.
+        dv1, dv2, dv3 = (Signal(signed(10), name=f"dv{k}") for k in (1, 2, 3))
+        dmd1, dmd2, dmd3 = (Signal(name=f"dmd{k}") for k in (1, 2, 3))
+        m.d.sync += [dv1.eq(d_val), dv2.eq(dv1), dv3.eq(dv2),
+                     dmd1.eq(dactive), dmd2.eq(dmd1), dmd3.eq(dmd2)]
         for pe in pes:
             m.d.comb += [pe.valid.eq(i_valid), pe.a_addr.eq(Mux(row_busy, rseq.a_raddr, i_a)),
-                         pe.first.eq(i_first), pe.last.eq(i_last), pe.b.eq(b2)]
+                         pe.first.eq(i_first), pe.last.eq(i_last), pe.b.eq(b2),
+                         pe.dmode.eq(dmd3), pe.dval.eq(dv3)]
 
         # Central copy of the beat pipeline: which cycle loads the drain registers (M5).
         c_last = [Signal(name=f"c_last{k}") for k in range(1, PE.MAC_LATENCY + 1)]
@@ -460,7 +499,8 @@ class PEArray(wiring.Component):
             "e": unsigned(AB), "i": unsigned(lsh), "dst": unsigned(3), "relu": unsigned(1),
             "sat": unsigned(2), "tile_end": unsigned(1), "blk": unsigned(1),
             "mm_end": unsigned(1), "rscale": unsigned(1), "req": unsigned(1),
-            "act": unsigned(1), "act_sel": unsigned(1),
+            "act": unsigned(1), "act_sel": unsigned(1), "delta": unsigned(1),
+            "dblk": unsigned(2),
         })
         meta = [Signal(meta_layout, name=f"meta{k}") for k in range(D_Y + 1)]
         m.d.comb += [
@@ -473,6 +513,7 @@ class PEArray(wiring.Component):
             meta[0].rscale.eq((dm.flags & Flag.RSCALE).any()),
             meta[0].req.eq((dm.flags & Flag.REQ).any()),
             meta[0].act.eq((dm.flags & Flag.ACT).any()), meta[0].act_sel.eq(dm.act_sel),
+            meta[0].delta.eq(dm.delta), meta[0].dblk.eq(dm.dblk),
         ]
         m.d.sync += [meta[k + 1].eq(meta[k]) for k in range(D_Y)]
 
@@ -485,10 +526,16 @@ class PEArray(wiring.Component):
         b_lane = Mux(row_busy, rseq.pb_lane, d_i)
         m_tile = Mux(row_busy, rseq.pm_tile, dm.pb_tile)
         m_lane = Mux(row_busy, rseq.pm_lane, d_i)
+        # Delta mode fetches each PE's column parameters at the start of a column pass.
+        dfetch = Signal()
+        dfc = Signal(16)
+        dpb = Signal(AB)
+        f_tile = dpb + (dfc >> 3)
+        f_sub = dfc[:3]
         m.d.comb += [
-            pmem[0].r_addr.eq(Cat(b_lane[lsh - 2:], b_tile)),
-            pmem[1].r_addr.eq(Cat(m_lane[lsh - 1:], m_tile)),
-            pmem[2].r_addr.eq(m_tile),
+            pmem[0].r_addr.eq(Mux(dfetch, Cat(f_sub[:2], f_tile), Cat(b_lane[lsh - 2:], b_tile))),
+            pmem[1].r_addr.eq(Mux(dfetch, Cat(f_sub[0], f_tile), Cat(m_lane[lsh - 1:], m_tile))),
+            pmem[2].r_addr.eq(Mux(dfetch, f_tile, m_tile)),
         ]
         # D1: PBUF data; D2: registered; D3: the column's values selected.
         prow2 = [bank_select(mem) for mem in pmem]     # registered per bank
@@ -510,7 +557,8 @@ class PEArray(wiring.Component):
         m.d.sync += [rpass1.eq(dm.rpass), rpass2.eq(rpass1)]
 
         busy = Signal()
-        m.d.comb += [busy.eq(active | outstanding.any() | row_busy), self.busy.eq(busy)]
+        m.d.comb += [busy.eq(active | dactive | outstanding.any() | row_busy),
+                     self.busy.eq(busy)]
         # The CMEM read port: the drain reads the ACCUM start value in D0, a row operation its
         # elements; STORE_C gets the other cycles (a plain or BIAS drain ignores what D0 reads).
         drain_reads = d_active & (dm.flags & Flag.ACCUM).any()
@@ -526,8 +574,10 @@ class PEArray(wiring.Component):
         mm_done = Signal(MM_TAG_BITS)
         row_busy1 = Signal()
         m.d.sync += row_busy1.eq(row_busy)
-        done_now = ((mw.valid & mw.mm_end & ~mw.req) + (my.valid & my.mm_end & my.req) +
-                    (row_busy1 & ~row_busy))
+        dw_done_last = Signal()    # the delta writer finished a DMATMUL's last token
+        done_now = ((mw.valid & mw.mm_end & ~mw.req & ~mw.delta) +
+                    (my.valid & my.mm_end & my.req & ~my.delta) +
+                    (row_busy1 & ~row_busy) + dw_done_last)
         m.d.sync += mm_done.eq(mm_done + done_now)
         m.d.comb += self.mm_done.eq(mm_done)
 
@@ -539,21 +589,32 @@ class PEArray(wiring.Component):
         o_mask = Signal(L)
         o_pe = Signal(range(max(P, 2)))
 
+        # Delta mode: each PE's column parameters of the element in the drain (D3 bias, D4 m/sh).
+        dbias3 = [Signal(signed(32), name=f"dbias3_{p}") for p in range(P)]
+        dmul4 = [Signal(16, name=f"dmul4_{p}") for p in range(P)]
+        dsh4 = [Signal(8, name=f"dsh4_{p}") for p in range(P)]
         # Result writes: the drain (dst AMEM in D_Y; dst CMEM in D_WRITE, with REQ in D_Y) or
         # the row unit (R_Y), then the AMEM_T write-back (it holds while they write); the DMA's
         # LOAD_A writes wait in those cycles.
         rw_amem = rseq.w_valid & (rseq.w_dst == Dst.AMEM)
         rw_cmem = rseq.w_valid & is_zero(rseq.w_dst)
-        drain_amem = my.valid & (my.dst == Dst.AMEM)
-        cw_s = mw.valid & is_zero(mw.dst) & ~mw.req       # s in D_WRITE
-        cw_y = my.valid & is_zero(my.dst) & my.req        # y in D_Y (REQ)
+        drain_amem = my.valid & (my.dst == Dst.AMEM) & ~my.delta
+        cw_s = mw.valid & is_zero(mw.dst) & ~mw.req & ~mw.delta     # s in D_WRITE
+        cw_y = my.valid & is_zero(my.dst) & my.req & ~my.delta      # y in D_Y (REQ)
+        # The delta writer: rows of a token's results into the PE that owns the token.
+        dw_amem, dw_cmem = Signal(), Signal()
+        dw_q = Signal(max(1, (P - 1).bit_length()))
+        dw_addr = Signal(AB)             # element address of the row (AMEM) / int32 group (CMEM)
+        dw_adata = Signal(9 * L)
+        dw_cdata = Signal(8 * L)
+        dw_en = Signal(L)
         # LOAD_C writes while the array is idle: registered, so it selects the PEs' CMEM write
         # data directly (a MATMUL or row operation accepted now writes CMEM ≥ 5 cycles later).
         c_dma = Signal()
         m.d.sync += c_dma.eq(~busy)
         wb_amem = o_valid & o_amt
-        wb_stall = wb_amem & (drain_amem | rw_amem)
-        m.d.comb += [self.amem_w.ready.eq(~drain_amem & ~rw_amem & ~wb_amem),
+        wb_stall = wb_amem & (drain_amem | rw_amem | dw_amem)
+        m.d.comb += [self.amem_w.ready.eq(~drain_amem & ~rw_amem & ~wb_amem & ~dw_amem),
                      self.cmem_w.ready.eq(c_dma), self.table_w.ready.eq(1)]
         aw, cwp, tw = self.amem_w.payload, self.cmem_w.payload, self.table_w.payload
         is_ln = rseq.rop.op == RowOp.LAYERNORM
@@ -566,10 +627,13 @@ class PEArray(wiring.Component):
                 pe.c_slot.eq(Mux(row_busy, rseq.c_raddr[:csh], d_e[:csh]) if csh else 0),
                 pe.d_init.eq(d_init),
                 pe.rs_row.eq(rpass2),
-                pe.bias.eq(bias3),
+                # (the drain metadata keeps the last tile's flags after it: gate with valid)
+                pe.bias.eq(Mux(meta[3].valid & meta[3].delta, dbias3[p], bias3)),
                 pe.rscale.eq(mw.rscale),
                 # G of LAYERNORM is signed; every other m is uint16.
-                pe.m.eq(Mux(row_busy & is_ln, mul4.as_signed(), mul4)), pe.sh.eq(sh4),
+                pe.m.eq(Mux(mq.valid & mq.delta, dmul4[p],
+                            Mux(row_busy & is_ln, mul4.as_signed(), mul4))),
+                pe.sh.eq(Mux(mq.valid & mq.delta, dsh4[p], sh4)),
                 pe.sat.eq(mq.sat), pe.relu.eq(mq.relu),
                 pe.act.eq(ma.valid & ma.act), pe.act_sel.eq(ma.act_sel),
                 pe.row.eq(row_busy), pe.rop.eq(rseq.rop),
@@ -577,8 +641,9 @@ class PEArray(wiring.Component):
                 pe.rc_s2.eq(rseq.rc_s2), pe.rc_y2.eq(rseq.rc_y2),
                 pe.rs_we.eq(rseq.rs_we[p]), pe.rs_waddr.eq(rseq.rs_waddr),
                 pe.t_we.eq(self.table_w.valid), pe.t_waddr.eq(tw.addr), pe.t_wdata.eq(tw.data),
-                pe.c_dma.eq(c_dma), pe.cw_data.eq(cwp.data),
-                pe.cw_en.eq(Mux(self.cmem_w.valid & dmac_pe, cwp.en, 0)),
+                pe.c_dma.eq(c_dma | dw_cmem), pe.cw_data.eq(Mux(dw_cmem, dw_cdata, cwp.data)),
+                pe.cw_en.eq(Mux(dw_cmem, Mux(_eq(dw_q, p), dw_en[:cw], 0),
+                                Mux(self.cmem_w.valid & dmac_pe, cwp.en, 0))),
             ]
             with m.If(rw_cmem):
                 m.d.comb += [pe.c_we.eq(rseq.w_rmask[p]), pe.c_wy.eq(1),
@@ -590,9 +655,14 @@ class PEArray(wiring.Component):
             with m.Elif(cw_s):
                 m.d.comb += [pe.c_we.eq(mw.col_valid & mw.rmask[p]),
                              pe.c_waddr.eq(mw.e[csh:]), pe.c_wslot.eq(mw.e[:csh] if csh else 0)]
+            with m.Elif(dw_cmem):
+                m.d.comb += pe.c_waddr.eq(dw_addr[csh:])
             with m.Else():
                 m.d.comb += pe.c_waddr.eq(cwp.addr)
-            with m.If(rw_amem):
+            with m.If(dw_amem):
+                m.d.comb += [pe.aw_addr.eq(dw_addr[lsh:]), pe.aw_data.eq(dw_adata),
+                             pe.aw_en.eq(Mux(_eq(dw_q, p), dw_en, 0))]
+            with m.Elif(rw_amem):
                 m.d.comb += [
                     pe.aw_addr.eq(rseq.w_addr[lsh:]), pe.aw_from_y.eq(1),
                     pe.aw_en.eq(Mux(rseq.w_rmask[p], 1 << rseq.w_addr[:lsh], 0)),
@@ -620,7 +690,7 @@ class PEArray(wiring.Component):
         blk = [[Signal(E * L, name=f"blk{b}_{p}") for p in range(P)] for b in range(2)]
         full = Signal(2)
         byte_at = Signal(L)
-        m.d.comb += byte_at.eq(Mux(my.valid & _uses_wb(my.dst), 1 << my.i, 0))
+        m.d.comb += byte_at.eq(Mux(my.valid & _uses_wb(my.dst) & ~my.delta, 1 << my.i, 0))
         for b in range(2):
             for i in range(L):
                 with m.If(byte_at[i] & (my.blk == b)):
@@ -706,15 +776,16 @@ class PEArray(wiring.Component):
                 m.d.sync += full[b].eq(0)
             with m.If(fill_done & (my.blk == b)):
                 m.d.sync += full[b].eq(1)
-        take = last_issue & is_bbuf
+        take = issue & is_last & is_bbuf
         m.d.sync += [
             credits.eq(credits - take + wdone_r),
             # credits − take + wdone_r = 0 (take needs a credit: take & wdone_r leaves ≥ 1)
             no_credit.eq(Mux(take & ~wdone_r, credits == 1,
                              ~(wdone_r | take) & is_zero(credits))),
         ]
-        drained = my.tile_end & ~_uses_wb(my.dst)
-        m.d.sync += outstanding.eq(outstanding + last_issue - drained - wdone_r)
+        drained = my.tile_end & ~_uses_wb(my.dst) & ~my.delta
+        dw_done = Signal()
+        m.d.sync += outstanding.eq(outstanding + last_issue - drained - wdone_r - dw_done)
 
         # BBUF write port: write-back first, then the DMA.
         o_bbuf = o_valid & ~o_amt
@@ -726,4 +797,288 @@ class PEArray(wiring.Component):
             bbuf.w_en.eq(Mux(o_bbuf, o_mask,
                             Mux(self.bbuf_w.valid, self.bbuf_w.payload.mask, 0))),
         ]
+        self._delta(m, pes=pes, desc=desc, dactive=dactive, d_issue=d_issue, d_hold=d_hold,
+                    d_last=d_last, d_first=d_first, d_addr=d_addr, d_val=d_val, ge_l=ge_l,
+                    ring=ring, ring_w=ring_w, tile_layout=tile_layout, outstanding=outstanding,
+                    dfetch=dfetch, dfc=dfc, dpb=dpb, prow2=prow2, meta=meta, my=my, load=load,
+                    ring_r=ring_r, dbias3=dbias3, dmul4=dmul4, dsh4=dsh4, dw_amem=dw_amem,
+                    dw_cmem=dw_cmem, dw_q=dw_q, dw_addr=dw_addr, dw_adata=dw_adata,
+                    dw_cdata=dw_cdata, dw_en=dw_en, dw_done=dw_done, dw_done_last=dw_done_last)
         return m
+
+    def _delta(self, m, *, pes, desc, dactive, d_issue, d_hold, d_last, d_first, d_addr, d_val,
+               ge_l, ring, ring_w, tile_layout, outstanding, dfetch, dfc, dpb, prow2, meta, my,
+               load, ring_r, dbias3, dmul4, dsh4, dw_amem, dw_cmem, dw_q, dw_addr, dw_adata,
+               dw_cdata, dw_en, dw_done, dw_done_last):
+        """The column-partitioned delta mode (DMATMUL; docs/delta.md, docs/isa.md).
+
+        For every column pass j < ⌈tiles/P⌉ (PE p computes tile j·P + p, whose W rows it holds
+        in AMEM at ``b_base + (j·K + k)·L``) and every token t in order: *scan* — the ⌈K/L⌉
+        words of X(t) are read from the AMEM of PE t mod P and Δ-encoded against X̂ (θ from the
+        descriptor; token 0 sends X itself); *emit* — one beat per nonzero Δ_k (or one zero
+        beat for a token without any), broadcasting Δ_k to every PE, whose lanes multiply it
+        by their W row k and accumulate without clearing between tokens; the token's last beat
+        hands the sums to the drain, which requantizes them with the PE's own column
+        parameters (fetched from PBUF at the start of the pass) into a collector block of
+        P×L results; the writer then writes the block, one PE row per cycle (four CMEM rows
+        per PE row for dst CMEM), into the PE that owns row t.
+        """
+        P, L = self._pes, self._lanes
+        lsh = _log2(L)
+        cw = L // 4
+        csh = _log2(cw)
+        AB = ADDR_BITS
+        KD = self._delta_k
+        NW = -(-KD // L)
+        wbits = max(1, (NW - 1).bit_length())
+        qbits = max(1, (P - 1).bit_length())
+
+        FWAIT, FETCH, SCAN, SWAIT, EMIT0, EMIT = range(6)
+        dstate = Signal(3)
+        dcnt = Signal(16)
+        dj, dt = Signal(8), Signal(16)
+        dtq = Signal(qbits)
+        dxrow, dorow, dwbase, djoff = Signal(AB), Signal(AB), Signal(AB), Signal(AB)
+        dnw = Signal(range(NW + 1))
+        xhat = [Signal(9 * L, name=f"xhat{w}") for w in range(NW)]
+        dbuf = [Signal(10 * L, name=f"dbuf{w}") for w in range(NW)]
+        dmask = [Signal(L, name=f"dmask{w}") for w in range(NW)]
+        nonempty = Signal(NW)
+        ew = Signal(wbits)
+        emask = Signal(L)
+        tok_first = Signal()
+        NB = DELTA_BLOCKS
+        d_alloc = Signal(2)
+        dcredits = Signal(range(NB + 1), init=NB)
+
+        def ffs(v, n):
+            """Index of the lowest set bit of ``v`` (n bits; 0 if none): the bit isolated by
+            ``v & −v``, then encoded (flat OR trees, no priority chain)."""
+            low = Signal(n, name="ffs_low")
+            m.d.comb += low.eq(v & (~v + 1))
+            nb = max(1, (n - 1).bit_length())
+            return Cat(*(Cat(*(low[i] for i in range(n) if i >> b & 1)).any()
+                         if any(i >> b & 1 for i in range(n)) else Const(0, 1)
+                         for b in range(nb)))
+
+        with m.If(self.cmd.valid & self.cmd.ready & self.cmd.payload.delta):
+            d = self.cmd.payload
+            m.d.sync += [
+                dactive.eq(1), dstate.eq(FWAIT), dj.eq(0), dt.eq(0), dtq.eq(0),
+                dxrow.eq(d.a_base), dorow.eq(d.out_base), dwbase.eq(d.b_base), djoff.eq(0),
+                dpb.eq(d.p_base), dnw.eq((d.k + (L - 1)) >> lsh),
+            ]
+
+        # ---- scan: AMEM reads of X(t) (issued through the beat registers with valid = 0),
+        # the row of PE t mod P picked in M2, Δ-encoded in the cycle after.
+        scan_rd = Signal()
+        cv = [Signal(name=f"dcv{k}") for k in range(5)]
+        cwd = [Signal(wbits, name=f"dcw{k}") for k in range(5)]
+        m.d.comb += [cv[0].eq(scan_rd), cwd[0].eq(dcnt[:wbits])]
+        m.d.sync += [cv[k + 1].eq(cv[k]) for k in range(4)]
+        m.d.sync += [cwd[k + 1].eq(cwd[k]) for k in range(4)]
+        xrow4 = Signal(9 * L)
+        m.d.sync += xrow4.eq(pick((pe.arow for pe in pes), dtq))
+        xw = pick(xhat, cwd[4])
+        first_tok = is_zero(dt)
+        theta = desc.theta
+        new_x, new_d, new_m = [], [], []
+        for l in range(L):
+            x = xrow4[9 * l:9 * l + 9].as_signed()
+            xh = xw[9 * l:9 * l + 9].as_signed()
+            dd = Signal(signed(10), name=f"dd{l}")
+            m.d.comb += dd.eq(x - xh)
+            mag = Mux(dd < 0, -dd, dd)
+            lane_ok = ((cwd[4] << lsh) + l) < desc.k
+            send = first_tok | (mag > theta)
+            dl = Signal(signed(10), name=f"dl{l}")
+            m.d.comb += dl.eq(Mux(lane_ok, Mux(first_tok, x, Mux(send, dd, 0)), 0))
+            new_d.append(dl)
+            new_m.append(lane_ok & dl.any())
+            new_x.append(Mux(send, x, xh)[:9])
+        with m.If(cv[4]):
+            for w in range(NW):
+                with m.If(_eq(cwd[4], w)):
+                    m.d.sync += [xhat[w].eq(Cat(*new_x)), dbuf[w].eq(Cat(*new_d)),
+                                 dmask[w].eq(Cat(*new_m)), nonempty[w].eq(Cat(*new_m).any())]
+
+        # ---- parameter fetch: 8 PBUF reads per PE (4 bias, 2 m, 1 sh words), captured in D2.
+        fv = [Signal(name=f"dfv{k}") for k in range(3)]
+        fc = [Signal(16, name=f"dfc{k}") for k in range(3)]
+        m.d.comb += [fv[0].eq(dfetch), fc[0].eq(dfc)]
+        m.d.sync += [fv[k + 1].eq(fv[k]) for k in range(2)]
+        m.d.sync += [fc[k + 1].eq(fc[k]) for k in range(2)]
+        dbias = [Signal(32 * L, name=f"dbias{p}") for p in range(P)]
+        dmul = [Signal(16 * L, name=f"dmul{p}") for p in range(P)]
+        dsh = [Signal(8 * L, name=f"dsh{p}") for p in range(P)]
+        fp2, fs2 = fc[2] >> 3, fc[2][:3]
+        with m.If(fv[2]):
+            for p in range(P):
+                with m.If(_eq(fp2, p)):
+                    for w in range(4):
+                        with m.If(_eq(fs2, w)):
+                            m.d.sync += dbias[p][8 * L * w:8 * L * (w + 1)].eq(prow2[0])
+                    for w in range(2):
+                        with m.If(fs2 == 4 + w):
+                            m.d.sync += dmul[p][8 * L * w:8 * L * (w + 1)].eq(prow2[1])
+                    with m.If(fs2 == 6):
+                        m.d.sync += dsh[p].eq(prow2[2])
+        for p in range(P):
+            m.d.sync += [
+                dbias3[p].eq(select(dbias[p], meta[2].i, 32).as_signed()),
+                dmul4[p].eq(select(dmul[p], meta[3].i, 16)),
+                dsh4[p].eq(select(dsh[p], meta[3].i, 8)),
+            ]
+
+        # ---- the sequencer
+        more = nonempty & ~((Const(2, NW + 1) << ew)[:NW] - 1)   # nonempty words after ew
+        cur_d = pick(dbuf, ew)
+        i_sel = ffs(emask, L)
+        rest = emask & (emask - 1)
+        w_next = ffs(more, NW)
+        k_now = Cat(i_sel, ew)
+        zero_tok = is_zero(emask)
+        dno_credit = is_zero(dcredits)
+        in_emit = dactive & (dstate == EMIT)
+        m.d.comb += [
+            d_last.eq(zero_tok | (is_zero(rest) & is_zero(more))),
+            d_hold.eq(in_emit & d_last & (~ge_l | dno_credit)),
+            d_issue.eq(in_emit & ~d_hold),
+            d_first.eq(tok_first & first_tok),
+            d_val.eq(Mux(zero_tok, 0, select(cur_d, i_sel, 10).as_signed())),
+            d_addr.eq(Mux(dstate == SCAN, dxrow + (dcnt << lsh),
+                          dwbase + Mux(zero_tok, 0, k_now << lsh))),
+            scan_rd.eq(dactive & (dstate == SCAN)),
+            dfetch.eq(dactive & (dstate == FETCH)),
+        ]
+        last_tok = dt == desc.rows - 1
+        last_pass = dj == desc.gpasses - 1
+        dtile = Signal(tile_layout)
+        m.d.comb += [
+            dtile.dst.eq(desc.dst), dtile.flags.eq(desc.flags), dtile.sat.eq(desc.sat),
+            dtile.rmask.eq((1 << P) - 1), dtile.ncols.eq(L), dtile.dblk.eq(d_alloc),
+            dtile.mm_last.eq(last_tok & last_pass), dtile.act_sel.eq(desc.act_sel),
+            dtile.delta.eq(1), dtile.dq.eq(dtq), dtile.drow.eq(dorow + djoff),
+            dtile.dn.eq(desc.ncols - djoff),
+        ]
+        w0 = ffs(nonempty, NW)
+        with m.If(is_zero(dstate)):
+            # The previous pass's results are written before its parameters are replaced.
+            with m.If(dactive & is_zero(outstanding)):
+                m.d.sync += [dstate.eq(FETCH), dfc.eq(0)]
+        with m.Elif(dstate == FETCH):
+            m.d.sync += dfc.eq(dfc + 1)
+            with m.If(dfc == 8 * P - 1):
+                m.d.sync += [dstate.eq(SCAN), dcnt.eq(0), nonempty.eq(0), tok_first.eq(1)]
+        with m.Elif(dstate == SCAN):
+            m.d.sync += dcnt.eq(dcnt + 1)
+            with m.If(dcnt == dnw - 1):
+                m.d.sync += [dstate.eq(SWAIT), dcnt.eq(0)]
+        with m.Elif(dstate == SWAIT):
+            m.d.sync += dcnt.eq(dcnt + 1)
+            with m.If(dcnt == 3):
+                m.d.sync += dstate.eq(EMIT0)
+        with m.Elif(dstate == EMIT0):
+            m.d.sync += [dstate.eq(EMIT), ew.eq(w0), emask.eq(pick(dmask, w0))]
+        with m.Else():   # EMIT
+            with m.If(d_issue):
+                m.d.sync += tok_first.eq(0)
+                with m.If(~d_last):
+                    with m.If(rest.any()):
+                        m.d.sync += emask.eq(rest)
+                    with m.Else():
+                        m.d.sync += [ew.eq(w_next), emask.eq(pick(dmask, w_next))]
+                with m.Else():
+                    m.d.sync += [ring_w.eq(~ring_w), d_alloc.eq(d_alloc + 1)]
+                    for k in range(2):
+                        with m.If(_eq(ring_w, k)):
+                            m.d.sync += ring[k].eq(dtile)
+                    # next token
+                    m.d.sync += [dstate.eq(SCAN), dcnt.eq(0), nonempty.eq(0),
+                                 tok_first.eq(1), dt.eq(dt + 1)]
+                    with m.If(dtq == P - 1):
+                        m.d.sync += [dtq.eq(0), dxrow.eq(dxrow + desc.a_stride),
+                                     dorow.eq(dorow + desc.out_stride)]
+                    with m.Else():
+                        m.d.sync += dtq.eq(dtq + 1)
+                    with m.If(last_tok):
+                        m.d.sync += [dt.eq(0), dtq.eq(0), dxrow.eq(desc.a_base),
+                                     dorow.eq(desc.out_base), dj.eq(dj + 1),
+                                     dwbase.eq(dwbase + (desc.k << lsh)),
+                                     djoff.eq(djoff + P * L), dpb.eq(dpb + P),
+                                     dstate.eq(FWAIT)]
+                        with m.If(last_pass):
+                            m.d.sync += dactive.eq(0)
+
+        # ---- collector: two blocks of P×L results (y, 16 bits), filled in D_Y.
+        cblk = [[Signal(16 * L, name=f"dcblk{b}_{p}") for p in range(P)] for b in range(NB)]
+        dmeta_layout = data.StructLayout({"dq": unsigned(qbits), "drow": unsigned(AB),
+                                          "dn": signed(AB), "mm_last": unsigned(1),
+                                          "cmem": unsigned(1)})
+        dmeta = [Signal(dmeta_layout, name=f"dmeta{b}") for b in range(NB)]
+        dfull = Signal(NB)
+        with m.If(load):
+            tile = data.View(tile_layout, Mux(ring_r, ring[1].as_value(), ring[0].as_value()))
+            with m.If(tile.delta):
+                for b in range(NB):
+                    with m.If(_eq(tile.dblk, b)):
+                        m.d.sync += [dmeta[b].dq.eq(tile.dq), dmeta[b].drow.eq(tile.drow),
+                                     dmeta[b].dn.eq(tile.dn), dmeta[b].mm_last.eq(tile.mm_last),
+                                     dmeta[b].cmem.eq(is_zero(tile.dst))]
+        with m.If(my.valid & my.delta):
+            for b in range(NB):
+                with m.If(_eq(my.dblk, b)):
+                    for i in range(L):
+                        with m.If(_eq(my.i, i)):
+                            m.d.sync += [cblk[b][p][16 * i:16 * i + 16].eq(pe.y)
+                                         for p, pe in enumerate(pes)]
+
+        # ---- writer
+        w_busy, w_blk = Signal(), Signal(2)
+        wm = Signal(dmeta_layout)
+        w_p = Signal(range(P + 1))
+        w_s = Signal(2)
+        w_n = Signal(signed(AB))
+        with m.If(~w_busy):
+            with m.If((dfull >> w_blk)[0]):
+                bm = data.View(dmeta_layout, pick((d.as_value() for d in dmeta), w_blk))
+                m.d.sync += [w_busy.eq(1), wm.eq(bm), w_p.eq(0), w_s.eq(0), w_n.eq(bm.dn),
+                             dw_addr.eq(bm.drow)]
+        rows_b = [pick((cblk[b][p] for b in range(NB)), w_blk) for p in range(P)]
+        row = pick(rows_b, w_p[:qbits] if P > 1 else 0)
+        ncols = Mux(w_n >= L, L, Mux(w_n > 0, w_n[:lsh + 1], 0))
+        lane_en = Signal(L)
+        m.d.comb += lane_en.eq((Const(1, L + 1) << ncols) - 1)
+        step_end = Signal()
+        m.d.comb += [
+            dw_q.eq(wm.dq),
+            dw_amem.eq(w_busy & ~wm.cmem),
+            dw_cmem.eq(w_busy & wm.cmem),
+            dw_adata.eq(Cat(*(row[16 * l:16 * l + 9] for l in range(L)))),
+            step_end.eq(~wm.cmem | (w_s == 3)),
+        ]
+        # CMEM: group w_s of L/4 results, sign-extended to int32.
+        grp = select(row, w_s, 4 * L)
+        m.d.comb += dw_cdata.eq(Cat(*(Cat(grp[16 * s:16 * s + 16],
+                                          Mux(grp[16 * s + 15], 0xFFFF, 0)[:16])
+                                      for s in range(cw))))
+        m.d.comb += dw_en.eq(Mux(wm.cmem, (lane_en >> (w_s * cw))[:cw], lane_en))
+        # the last PE row with columns in this pass (later PEs have none: N ran out)
+        last_row = (w_p == P - 1) | (w_n <= L)
+        with m.If(w_busy):
+            with m.If(wm.cmem & ~step_end):
+                m.d.sync += [w_s.eq(w_s + 1), dw_addr.eq(dw_addr + cw)]
+            with m.Else():
+                m.d.sync += [w_s.eq(0), w_p.eq(w_p + 1), w_n.eq(w_n - L),
+                             dw_addr.eq(Mux(wm.cmem, dw_addr + cw, dw_addr + L))]
+                with m.If(last_row):
+                    m.d.sync += [w_busy.eq(0), w_blk.eq(w_blk + 1)]
+        fin = w_busy & step_end & last_row
+        m.d.comb += [dw_done.eq(fin), dw_done_last.eq(fin & wm.mm_last)]
+        for b in range(NB):
+            with m.If(fin & (_eq(w_blk, b))):
+                m.d.sync += dfull[b].eq(0)
+            with m.If(my.tile_end & my.delta & (_eq(my.dblk, b))):
+                m.d.sync += dfull[b].eq(1)
+        take = d_issue & d_last
+        m.d.sync += dcredits.eq(dcredits - take + fin)

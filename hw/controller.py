@@ -8,7 +8,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .array import MM_TAG_BITS, matmul_desc_layout
+from .array import DELTA_WORDS, MM_TAG_BITS, matmul_desc_layout
 from .dma import Dma, DmaOp, dma_desc_layout
 from .isa import INSTR_BITS, INSTR_LAYOUT, Dst, ErrorCode, Flag, Op, Sat
 from .params import check_choice, check_int
@@ -72,8 +72,11 @@ class Controller(wiring.Component):
     """
 
     def __init__(self, *, pes, lanes, amem_depth, cmem_depth, bbuf_depth, pbuf_depth,
-                 imem_depth):
+                 imem_depth, delta_k=None):
         self._pes = check_int("pes", pes, lo=1, hi=64)
+        if delta_k is None:
+            delta_k = DELTA_WORDS * lanes
+        self._delta_k = check_int("delta_k", delta_k, lo=1, hi=1024)
         self._lanes = check_choice("lanes", lanes, LANE_CHOICES)
         self._depths = dict(amem=amem_depth, cmem=cmem_depth, bbuf=bbuf_depth, pbuf=pbuf_depth,
                             imem=imem_depth)
@@ -132,7 +135,9 @@ class Controller(wiring.Component):
         passes1, rowsl1, n1 = Signal(17), Signal(17), Signal(17)
         kt1 = Signal(17)          # ⌈k/L⌉: PBUF tiles of a row operation
         bad1 = Signal()
-        is_mm = op == Op.MATMUL
+        gpass1 = Signal(9)        # DMATMUL: ⌈tiles/P⌉ column passes
+        is_dm = op == Op.DMATMUL
+        is_mm = (op == Op.MATMUL) | is_dm
         is_sm, is_ln, is_radd = op == Op.SOFTMAX, op == Op.LAYERNORM, op == Op.RADD
         is_rcp = op == Op.RECIP
         is_row = is_sm | is_ln | is_radd | is_rcp
@@ -145,7 +150,12 @@ class Controller(wiring.Component):
         sat_ok = Mux(dst_a, f.sat != Sat.INT16,
                      Mux(f.dst[1], is_zero(f.sat), 1))   # BBUF: Sat.INT8 only
         allowed = Signal(8)      # the flag bits the opcode has
-        m.d.comb += allowed.eq(Mux(is_mm, 0x3F, Mux(is_sm, Flag.NORM, 0)))
+        m.d.comb += allowed.eq(Mux(is_dm, Flag.BIAS | Flag.RELU | Flag.REQ | Flag.ACT,
+                                   Mux(is_mm, 0x3F, Mux(is_sm, Flag.NORM, 0))))
+        # DMATMUL: K within the delta buffers, dst AMEM or CMEM with REQ, every base and
+        # stride a multiple of L (whole AMEM rows are read and written).
+        dm_bad = ((f.k > self._delta_k) | (f.dst > Dst.AMEM) | (is_zero(f.dst) & ~req) |
+                  (f.a_base | f.a_stride | f.b_base | f.out_base | f.out_stride)[:lsh].any())
         mm_bad = (is_zero(f.rows) | is_zero(f.k) | is_zero(f.tiles) | (f.dst > Dst.AMEM_T) |
                   (f.sat > 3) | (f.count > tl) | ~sat_ok |
                   (accum & (f.dst[1] | dst_amt)) |                       # ACCUM: CMEM/AMEM
@@ -182,7 +192,9 @@ class Controller(wiring.Component):
             rowsl1.eq((f.rows + (L - 1)) >> lsh),
             kt1.eq((f.k + (L - 1)) >> lsh),
             n1.eq(Mux(is_zero(f.count), tl, f.count[:17])),
-            bad1.eq((fl & ~allowed).any() | (is_mm & mm_bad) | (is_row & row_bad) | lt_bad),
+            bad1.eq((fl & ~allowed).any() | (is_mm & mm_bad) | (is_row & row_bad) | lt_bad |
+                    (is_dm & dm_bad)),
+            gpass1.eq(ceil_div_const(f.tiles, P, 8)),
         ]
         # Stage 2 (and the row-scale bound: RSCALE or SOFTMAX in attention mode use one RS
         # entry per local row).
@@ -191,7 +203,10 @@ class Controller(wiring.Component):
                   (passes1 > RS_ENTRIES))
         # AMEM_T: ⌈N/P⌉ − 1 column groups of out_stride (N ≥ 1 unless tiles = 0: BAD_FIELD).
         cg1 = ceil_div_const(n1, P, 17)
-        with m.If(is_mm):
+        with m.If(is_dm):
+            # W slices in AMEM: ⌈tiles/P⌉ passes of K rows of L elements per PE.
+            m.d.sync += [fa2.eq(rm1), fb2.eq(gpass1), fbm2.eq(f.k << lsh), fo2.eq(rm1)]
+        with m.Elif(is_mm):
             m.d.sync += [fa2.eq(rm1), fb2.eq(f.tiles), fbm2.eq(f.k),
                          fo2.eq(Mux(f.dst == Dst.BBUF_ROWS, f.tiles - 1,
                                     Mux(f.dst == Dst.BBUF_T, rowsl1 - 1,
@@ -222,6 +237,8 @@ class Controller(wiring.Component):
                 o_end4.eq(f.out_base + po3 + o_extent), check_o4.eq(1),
                 check_c4.eq(accum & (f.dst == Dst.AMEM)),  # ACCUM reads CMEM at the output
             ]
+            with m.If(is_dm):
+                m.d.sync += region(b_lim4, b_code4, D["amem"], ErrorCode.AMEM_RANGE)
             with m.If(is_zero(f.dst)):
                 m.d.sync += region(o_lim4, o_code4, D["cmem"], ErrorCode.CMEM_RANGE)
             with m.Elif(dst_a):
@@ -309,6 +326,7 @@ class Controller(wiring.Component):
             ad.b_base.eq(f.b_base), ad.p_base.eq(f.p_base), ad.out_base.eq(f.out_base),
             ad.out_stride.eq(f.out_stride), ad.dst.eq(f.dst), ad.sat.eq(f.sat),
             ad.flags.eq(fl), ad.act_sel.eq(f.imm[0]),
+            ad.delta.eq(is_dm), ad.theta.eq(f.imm[8:16]), ad.gpasses.eq(gpass1),
         ]
         rd = self.row.payload
         m.d.comb += [
@@ -390,13 +408,15 @@ class Controller(wiring.Component):
                     # DMA gets no new load meanwhile, and a previous MATMUL writing AMEM/BBUF
                     # has finished. The loads before it but the last `lag` must have landed;
                     # STORE_Cs do not hold it (they wait for their own MATMULs in the DMA).
-                    ok = lag_ok & ~(prev_local & self.array_busy)
+                    # A DMATMUL runs alone: it waits for the array to be idle, and everything
+                    # after it waits for its results (prev_local).
+                    ok = lag_ok & ~((prev_local | is_dm) & self.array_busy)
                     with m.If(ok):
                         m.d.sync += mm_req.eq(1)
                     m.d.comb += [self.array.valid.eq(mm_req), go.eq(mm_req & self.array.ready),
                                  stall_dma.eq(~lag_ok)]
                     with m.If(go):
-                        m.d.sync += [prev_local.eq(f.dst.any() | req), mm_req.eq(0),
+                        m.d.sync += [prev_local.eq(f.dst.any() | req | is_dm), mm_req.eq(0),
                                      mm_issued.eq(mm_issued + 1)]
                 with m.Else():   # a row operation (other opcodes stopped at decode)
                     with m.If(lag_ok & ~self.array_busy):

@@ -29,6 +29,7 @@ class Op(enum.IntEnum):
     LAYERNORM = 0x31  # row operation: LayerNorm of int16 rows
     RADD = 0x32      # row operation: residual add with per-column rescale
     RECIP = 0x33     # row operation: row scale RS[r] from a reciprocal (linear attention)
+    DMATMUL = 0x40   # delta matmul: token rows Δ-encoded with θ = imm[15:8], column-partitioned
 
 
 class Dst(enum.IntEnum):

@@ -426,6 +426,13 @@ class PE(wiring.Component):
     ``last`` moves the L sums into the drain register (in M5), freeing the accumulators for
     the next tile.
 
+    **Delta beats** (DMATMUL, docs/delta.md): with ``dmode`` (given in M2, like ``b``) the
+    operands are swapped: every lane multiplies the broadcast ``dval`` (Δ, int10) by its own
+    element of the AMEM row (the low 8 bits: a W slice stored as int9) instead of the selected
+    element by its B byte; the array keeps ``first`` low between tokens, so the lanes keep
+    accumulating. ``arow`` is the AMEM row in M2 (the array's delta encoder reads token rows
+    through it).
+
     **Drain** (one element per cycle). From the cycle after a drain-register load, element i
     of the tile is ``dr[0]`` in cycle D0 = load + 1 + i (the register shifts every cycle); the
     array must space loads at least L cycles apart. Per element:
@@ -514,6 +521,10 @@ class PE(wiring.Component):
             "first": In(1),
             "last": In(1),
             "b": In(8 * L),
+            # delta beats (DMATMUL), given in stage M2 like ``b``
+            "dmode": In(1),
+            "dval": In(signed(10)),
+            "arow": Out(9 * L),
             # drain
             "c_raddr": In(self.c_row_bits),
             "c_slot": In(max(1, _log2(cw))),
@@ -591,7 +602,7 @@ class PE(wiring.Component):
         v = {k: Signal(name=f"v{k}") for k in range(1, ML + 1)}
         first = {k: Signal(name=f"first{k}") for k in range(1, ML + 1)}
         last = {k: Signal(name=f"last{k}") for k in range(1, ML + 1)}
-        prod5 = [Signal(signed(17), name=f"prod5_{l}") for l in range(L)]
+        prod5 = [Signal(signed(18), name=f"prod5_{l}") for l in range(L)]
         acc = [Signal(signed(32), name=f"acc{l}") for l in range(L)]
         dr = [Signal(signed(32), name=f"dr{l}") for l in range(L)]
 
@@ -606,13 +617,19 @@ class PE(wiring.Component):
         # M3: the element selected from the row, registered next to the 16:1 multiplexer (the
         # fan-out to the lanes' DSPs is then a plain net from one register), with the B word.
         # It is also the row unit's AMEM element (R_DATA, like the CMEM element).
-        a3 = Signal(signed(9))
+        # Delta beats (``dmode``, DMATMUL) swap the operands: the broadcast scalar is the
+        # array's Δ (int10) and each lane's operand is its own element of the AMEM row (a W
+        # slice, int8 stored as int9).
+        a3 = Signal(signed(10))
         b3 = Signal(8 * L)
-        m.d.sync += [a3.eq(select(arow2, sel2, 9).as_signed()), b3.eq(self.b)]
+        wrow = Cat(*(arow2[9 * l:9 * l + 8] for l in range(L)))
+        m.d.comb += self.arow.eq(arow2)
+        m.d.sync += [a3.eq(Mux(self.dmode, self.dval, select(arow2, sel2, 9).as_signed())),
+                     b3.eq(Mux(self.dmode, wrow, self.b))]
         # M4, M5: one DSP per lane with its input registers (the element and the lane's B
         # byte) and product register: no fabric logic in front of a multiplier.
         for l in range(L):
-            mul = Multiplier(a_shape=signed(9), b_shape=signed(8), latency=2)
+            mul = Multiplier(a_shape=signed(10), b_shape=signed(8), latency=2)
             m.submodules[f"mul{l}"] = mul
             m.d.comb += [mul.ce.eq(1), mul.a.eq(a3), mul.b.eq(b3[8 * l:8 * l + 8].as_signed()),
                          prod5[l].eq(mul.p)]
@@ -689,7 +706,7 @@ class PE(wiring.Component):
         m.d.comb += [
             rd.op.eq(self.rop), rd.rc_data.eq(self.rc_data), rd.rc_q1.eq(self.rc_q1),
             rd.rc_s2.eq(self.rc_s2), rd.rc_y2.eq(self.rc_y2),
-            rd.cin.eq(cin3), rd.ain.eq(a3), rd.q1.eq(s1.q), rd.y2.eq(s2.y),
+            rd.cin.eq(cin3), rd.ain.eq(a3[:9].as_signed()), rd.q1.eq(s1.q), rd.y2.eq(s2.y),
             rd.bias.eq(self.bias), rd.m_d.eq(pm[nd]), rd.sh_d.eq(psh[nd]),
         ]
 

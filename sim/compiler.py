@@ -32,7 +32,7 @@ from .errors import InputError
 from .golden.fixed import INT8, INT9, INT16, INT32
 from .program import (LOAD_OPS, MAX_ROW_K, ROW_OPS, RS_ENTRIES, TABLE_ENTRIES, AccelConfig, Assembler,
                       CostModel, ImageBuilder, Job, OutputBlock, _ceil, a_words, accesses,
-                      b_words, c_words, lag_of, param_words, t_words)
+                      b_words, c_words, lag_of, param_words, t_words, w_delta_words)
 
 __all__ = ["CompiledJob", "Builder", "Hazards", "compile_kwt", "kwt_layouts", "split_input",
            "softmax_job", "layernorm_job", "attention_job", "mhsa_job", "ffn_job",
@@ -214,20 +214,22 @@ class Hazards:
         if op in (Op.SYNC, Op.HALT):
             for e in self.entries:
                 e["done"] = True
-        elif op == Op.MATMUL or op in ROW_OPS:
+        elif op in (Op.MATMUL, Op.DMATMUL) or op in ROW_OPS:
             loads = self._pending_loads()
             for e in loads[:max(0, len(loads) - lag_of(instr))]:
                 e["done"] = True
-            mms = [e for e in self.entries if e["op"] == Op.MATMUL and not e["done"]]
+            mms = [e for e in self.entries if e["op"] in (Op.MATMUL, Op.DMATMUL)
+                   and not e["done"]]
             for e in self.entries:
                 if e["op"] in ROW_OPS:
                     e["done"] = True
-            if op != Op.MATMUL:
+            if op != Op.MATMUL:          # row operation or DMATMUL: the array is idle
                 for e in mms:
                     e["done"] = True
             else:
-                prev = next((e for e in reversed(self.entries) if e["op"] == Op.MATMUL), None)
-                if prev is not None and prev["dst"] != Dst.CMEM:
+                prev = next((e for e in reversed(self.entries)
+                             if e["op"] in (Op.MATMUL, Op.DMATMUL)), None)
+                if prev is not None and (prev["dst"] != Dst.CMEM or prev["op"] == Op.DMATMUL):
                     for e in mms:
                         e["done"] = True
                 else:    # beats issued: AMEM and BBUF reads are over
@@ -250,7 +252,7 @@ def check_program(program, cfg):
                 if not hz.free(a[:3]):
                     problems.append((pc, f"{op.name} into {a[0]} {a[1]}…{a[2]} while an "
                                          f"unfinished instruction uses it"))
-        elif op == Op.MATMUL or op in ROW_OPS:
+        elif op in (Op.MATMUL, Op.DMATMUL) or op in ROW_OPS:
             need = hz.lag(i)
             if lag_of(i) > need:
                 problems.append((pc, f"{op.name} lag {lag_of(i)} > {need} (a load it needs "
@@ -292,8 +294,9 @@ class Builder:
     business; the builder owns the *rings*: BBUF words ``[bbuf_ring, bbuf_depth)``, all of
     PBUF, and the two 256-entry activation tables."""
 
-    def __init__(self, cfg, *, bbuf_ring=0):
+    def __init__(self, cfg, *, bbuf_ring=0, wring=None):
         self.cfg = cfg
+        self.wring = wring          # (lo, hi) AMEM elements for DMATMUL weight slices
         self.L = cfg.lanes
         self.ops = []
         self.items = []
@@ -317,6 +320,13 @@ class Builder:
         bias, m, sh = (np.broadcast_to(np.asarray(x, dtype=np.int64), (n,)) for x in (bias, m, sh))
         w = param_words(bias, m, sh, self.L)
         return self._item("P", name, w, _ceil(n, self.L))
+
+    def w_item(self, name, w):
+        """DMATMUL weights (K × N, int8) as per-PE AMEM slices (ring ``wring``)."""
+        w = _int_array(w, name, *INT8, ndim=2)
+        K, N = w.shape
+        g = _ceil(_ceil(N, self.L), self.cfg.pes)
+        return self._item("W", name, w_delta_words(w, self.cfg.pes, self.L), g * K * self.L)
 
     def t_item(self, name, table):
         t = _int_array(table, name, *INT9, shape=(256,))
@@ -370,8 +380,11 @@ class Builder:
     # ---- allocation
     def _rings(self):
         cfg = self.cfg
-        return {"B": (self.bbuf_ring, cfg.bbuf_depth), "P": (0, cfg.pbuf_depth),
-                "T": (0, TABLE_ENTRIES)}
+        rings = {"B": (self.bbuf_ring, cfg.bbuf_depth), "P": (0, cfg.pbuf_depth),
+                 "T": (0, TABLE_ENTRIES)}
+        if self.wring is not None:
+            rings["W"] = self.wring
+        return rings
 
     def _chunks(self):
         """Pack each ring's items (in order of first use) into load chunks and place them:
@@ -381,7 +394,11 @@ class Builder:
         rings = self._rings()
         used = [it for it in self.items if it.users]
         chunks = []
-        for kind in ("B", "P", "T"):
+        for kind in ("B", "P", "T", "W"):
+            if kind not in rings:
+                if any(it.kind == kind for it in used):
+                    raise InputError("DMATMUL weights need an AMEM weight ring (wring)")
+                continue
             lo, hi = rings[kind]
             ring = hi - lo
             half = ring // 2
@@ -425,7 +442,7 @@ class Builder:
                     cursor = pos + c.size
                     placed.append((pos, c))
             chunks += mine
-        chunks.sort(key=lambda c: (c.first, "BPT".index(c.kind)))
+        chunks.sort(key=lambda c: (c.first, "BPTW".index(c.kind)))
         return chunks
 
     @staticmethod
@@ -477,16 +494,20 @@ class Builder:
                 return "load_b", dict(ext_addr=c.ext, count=c.size, b_base=c.base)
             if c.kind == "P":
                 return "load_p", dict(ext_addr=c.ext, count=c.size, p_base=c.base)
+            if c.kind == "W":
+                return "load_a", dict(ext_addr=c.ext, rows=c.size // L * cfg.pes, k=L,
+                                      a_base=c.base, a_stride=L)
             return "load_t", dict(ext_addr=c.ext, count=c.size, a_base=c.base)
 
         def span(c):
-            return c.kind, c.base, c.base + c.size
+            return ("A" if c.kind == "W" else c.kind), c.base, c.base + c.size
 
         def can_load(c, next_op):
             for o in chunks:
                 if o is c or not o.loaded:
                     continue
-                overlaps = o.kind == c.kind and o.base < c.base + c.size and c.base < o.base + o.size
+                overlaps = (o.kind == c.kind and o.base < c.base + c.size
+                            and c.base < o.base + o.size)
                 if overlaps and o.last >= next_op:
                     return False
             return hz.free(span(c))
@@ -908,6 +929,162 @@ def lower_layer(b, lay, layer, *, rows, heads, name, out):
 
 
 # --------------------------------------------------------------------------------------------
+# Delta KWT (docs/delta.md): DMATMUL at the sites the hardware supports
+
+#: Sites of :data:`sim.golden.delta_kwt.SITES` the lowering maps onto DMATMUL.
+DELTA_HW_SITES = ("qkv", "wo", "ffn1", "ffn2")
+
+
+def delta_thresholds(delta):
+    """Per-site θ (:func:`sim.golden.delta_kwt.normalize_thresholds`), refusing the sites the
+    hardware lowering does not support (embed, scores, pv)."""
+    from .golden.delta_kwt import normalize_thresholds
+    th = normalize_thresholds(delta)
+    if delta is not None and not isinstance(delta, dict):
+        th = {s: (t if s in DELTA_HW_SITES else None) for s, t in th.items()}
+    bad = [s for s, t in th.items() if t is not None and s not in DELTA_HW_SITES]
+    if bad:
+        raise InputError(f"delta sites {', '.join(bad)} are not supported on the accelerator "
+                         f"(DMATMUL sites: {', '.join(DELTA_HW_SITES)})")
+    return th
+
+
+def delta_layout(cfg, lay, th, need_w):
+    """``(layout, QX, wring)``: the layer layout with HC padded to a multiple of L (DMATMUL
+    writes whole rows), ``QX`` the AMEM region of q and X̂ side by side (stride 2·Dp, when
+    the Q/K/V input is delta-encoded) and the AMEM ring of the DMATMUL weight slices after
+    it, to the end of AMEM; ``need_w``: the largest weight slice set (AMEM elements)."""
+    import dataclasses
+    L = cfg.lanes
+    HC = _pad(lay.HC, L)
+    out_size = lay.cmem - lay.OUT if lay.OUT != lay.SC else 0
+    OUT = lay.OUT if lay.OUT == lay.SC else HC + lay.R * lay.Dp
+    cmem = max(HC + lay.R * lay.Dp, OUT + out_size, lay.XA + lay.R * lay.Dp)
+    if cmem > cfg.cmem_depth:
+        raise InputError(f"delta mode: CMEM needs {cmem} elements per PE, the accelerator has "
+                         f"{cfg.cmem_depth}")
+    lay = dataclasses.replace(lay, HC=HC, OUT=OUT, cmem=cmem)
+    QX = _pad(lay.amem, L)
+    w_lo = QX + (lay.R * 2 * lay.Dp if th["qkv"] is not None else 0)
+    if cfg.amem_depth - w_lo < need_w:
+        need = 1 << (w_lo + need_w - 1).bit_length()
+        raise InputError(f"delta mode needs {w_lo + need_w} AMEM elements per PE (layer "
+                         f"{lay.amem}, q|X̂ {w_lo - QX}, weight slices {need_w}); build the "
+                         f"accelerator with --amem-depth {need}")
+    # a multiple of 2L: both halves of a double-buffered ring start on a whole AMEM row
+    return lay, QX, (w_lo, w_lo + (cfg.amem_depth - w_lo) // (2 * L) * 2 * L)
+
+
+def delta_weight_elems(cfg, model, th):
+    """AMEM elements per PE of the largest DMATMUL weight slice set."""
+    P, L = cfg.pes, cfg.lanes
+    D, F = int(model.config["dim"]), int(model.config["mlp_dim"])
+    Dp = _pad(D, L)
+    shapes = {"qkv": (D, 2 * Dp), "wo": (D, D), "ffn1": (D, F), "ffn2": (F, D)}
+    return max([_ceil(_ceil(n, L), P) * k * L for s, (k, n) in shapes.items()
+                if th[s] is not None] or [0])
+
+
+def lower_attention_delta(b, lay, *, rows, wqkv, m_qkv, sh_qkv, c_e, sh_e, m_a, sh_a, x_base,
+                          name, theta, QX):
+    """Q/K/V with a delta-encoded input: one DMATMUL over every token with W = [Wqᵀ | I]
+    writes q (requantized) and X̂ (m = 1, sh = 0: exact) side by side at QX (stride 2·Dp); K
+    and V are dense MATMULs on X̂ (golden: the fused projection of X̂); the attention reads
+    q from QX and writes its output to QA as usual."""
+    D, H, d, N, Dp = lay.D, lay.H, lay.d, lay.N, lay.Dp
+    wqkv = np.asarray(wqkv)
+    wq, wk, wv = wqkv[:D], wqkv[D:2 * D], wqkv[2 * D:]
+    for nm, w in (("Wq", wq), ("Wk", wk), ("Wv", wv)):
+        _acc_bound(f"{name}.{nm}", D, 256, w)
+    wqi = np.zeros((D, 2 * Dp), dtype=np.int64)
+    wqi[:, :D] = wq.T
+    wqi[:, Dp:Dp + D] = np.eye(D, dtype=np.int64)
+    mq = np.zeros(2 * Dp, np.int64)
+    shq = np.zeros(2 * Dp, np.int64)
+    mq[:D], shq[:D] = m_qkv[:D], sh_qkv[:D]
+    mq[Dp:Dp + D] = 1
+    b.op("dmatmul", b=b.w_item(f"{name}.wqi.d", wqi), p=b.p_item(f"{name}.wqi.p", 0, mq, shq,
+                                                                    2 * Dp),
+         rows=N, k=D, tiles=_ceil(2 * Dp, b.L), n=2 * Dp, a_base=x_base, a_stride=Dp,
+         dst=Dst.AMEM, out_base=QX, out_stride=2 * Dp, sat=Sat.INT9, theta=theta,
+         macs=rows * D * D)
+    for h in range(H):
+        c0, c1 = h * d, (h + 1) * d
+        weight_matmul(b, f"{name}.wk{h}", wk[c0:c1].T,
+                      params=(0, m_qkv[D + c0:D + c1], sh_qkv[D + c0:D + c1]), rows=N,
+                      a_base=QX + Dp, a_stride=2 * Dp, dst=Dst.BBUF_T, out_base=lay.KT,
+                      out_stride=d, sat=Sat.INT8)
+        weight_matmul(b, f"{name}.wv{h}", wv[c0:c1].T,
+                      params=(0, m_qkv[2 * D + c0:2 * D + c1], sh_qkv[2 * D + c0:2 * D + c1]),
+                      rows=N, a_base=QX + Dp, a_stride=2 * Dp, dst=Dst.BBUF_ROWS,
+                      out_base=lay.VB, out_stride=N, sat=Sat.INT8)
+        _attention_core(b, lay, rows=rows, q_base=QX + c0, q_stride=2 * Dp, c_e=c_e, sh_e=sh_e,
+                        m_a=_cols(m_a, c0, c1), sh_a=_cols(sh_a, c0, c1), name=f"{name}.h{h}",
+                        out=dict(dst=Dst.AMEM, out_base=lay.QA + c0, out_stride=Dp))
+
+
+def lower_layer_delta(b, lay, layer, *, rows, heads, name, out, th, QX):
+    """:func:`lower_layer` with DMATMUL at the sites of ``th`` that are not None (Q/K/V input,
+    Wo input, W1 input, W2 input); golden :func:`sim.golden.delta_kwt.kwt_delta`."""
+    D, Dp, F = lay.D, lay.Dp, lay.F
+    if th["qkv"] is None:
+        lower_attention(b, lay, rows=rows, wqkv=layer.wqkv, m_qkv=layer.m_qkv,
+                        sh_qkv=layer.sh_qkv, c_e=layer.c_e, sh_e=layer.sh_e, m_a=layer.m_a,
+                        sh_a=layer.sh_a, x_base=lay.XA, name=name)
+    else:
+        lower_attention_delta(b, lay, rows=rows, wqkv=layer.wqkv, m_qkv=layer.m_qkv,
+                              sh_qkv=layer.sh_qkv, c_e=layer.c_e, sh_e=layer.sh_e,
+                              m_a=layer.m_a, sh_a=layer.sh_a, x_base=lay.XA, name=name,
+                              theta=th["qkv"], QX=QX)
+    if th["wo"] is None:
+        lower_out_proj(b, lay, rows=rows, wo=layer.wo, bo=layer.bo, m_o=layer.m_o,
+                       sh_o=layer.sh_o, name=name)
+    else:
+        _acc_bound(f"{name}.Wo", D, 256, layer.wo, layer.bo)
+        b.op("dmatmul", b=b.w_item(f"{name}.wo.d", np.asarray(layer.wo).T),
+             p=b.p_item(f"{name}.wo.p", layer.bo, layer.m_o, layer.sh_o, D), rows=rows, k=D,
+             tiles=_ceil(D, b.L), n=D, a_base=lay.QA, a_stride=Dp, dst=Dst.CMEM,
+             out_base=lay.HC, out_stride=Dp, sat=Sat.INT16, bias=True, req=True,
+             theta=th["wo"], macs=rows * D * D)
+    lower_residual_norm(b, lay, rows=rows, x_base=lay.XA, m_r=layer.m_r1, sh_r=layer.sh_r1,
+                        ln=layer.ln1, out=dict(dst=Dst.AMEM, out_base=lay.XB, out_stride=Dp),
+                        name=f"{name}.ln1")
+    if th["ffn1"] is None and th["ffn2"] is None:
+        lower_ffn(b, lay, rows=rows, x_base=lay.XB, w1=layer.w1, b1=layer.b1, m_1=layer.m_1,
+                  sh_1=layer.sh_1, gelu=layer.gelu, w2=layer.w2, b2=layer.b2, m_2=layer.m_2,
+                  sh_2=layer.sh_2, name=name)
+    else:
+        if len(lay.ffn_chunks) != 1:
+            raise InputError("delta FFN needs the whole MLP hidden layer in AMEM (one chunk)")
+        w1, w2 = np.asarray(layer.w1), np.asarray(layer.w2)
+        _acc_bound(f"{name}.W1", D, 256, w1, layer.b1)
+        _acc_bound(f"{name}.W2", F, 256, w2, layer.b2)
+        table = b.t_item(f"{name}.gelu", layer.gelu)
+        if th["ffn1"] is None:
+            weight_matmul(b, f"{name}.w1c0", w1.T, params=(layer.b1, layer.m_1, layer.sh_1),
+                          rows=rows, a_base=lay.XB, a_stride=Dp, dst=Dst.AMEM, out_base=lay.GA,
+                          out_stride=lay.Fcp, sat=Sat.INT8, bias=True, act=True, t=table)
+        else:
+            b.op("dmatmul", b=b.w_item(f"{name}.w1.d", w1.T),
+                 p=b.p_item(f"{name}.w1.p", layer.b1, layer.m_1, layer.sh_1, F), t=table,
+                 rows=rows, k=D, tiles=_ceil(F, b.L), n=F, a_base=lay.XB, a_stride=Dp,
+                 dst=Dst.AMEM, out_base=lay.GA, out_stride=lay.Fcp, sat=Sat.INT8, bias=True,
+                 act=True, theta=th["ffn1"], macs=rows * D * F)
+        if th["ffn2"] is None:
+            weight_matmul(b, f"{name}.w2c0", w2.T, params=(layer.b2, layer.m_2, layer.sh_2),
+                          rows=rows, a_base=lay.GA, a_stride=lay.Fcp, dst=Dst.CMEM,
+                          out_base=lay.HC, out_stride=Dp, sat=Sat.INT16, bias=True, req=True)
+        else:
+            b.op("dmatmul", b=b.w_item(f"{name}.w2.d", w2.T),
+                 p=b.p_item(f"{name}.w2.p", layer.b2, layer.m_2, layer.sh_2, D), rows=rows,
+                 k=F, tiles=_ceil(D, b.L), n=D, a_base=lay.GA, a_stride=lay.Fcp,
+                 dst=Dst.CMEM, out_base=lay.HC, out_stride=Dp, sat=Sat.INT16, bias=True,
+                 req=True, theta=th["ffn2"], macs=rows * F * D)
+    lower_residual_norm(b, lay, rows=rows, x_base=lay.XB, m_r=layer.m_r2, sh_r=layer.sh_r2,
+                        ln=layer.ln2, out=out, name=f"{name}.ln2")
+
+
+# --------------------------------------------------------------------------------------------
 # The whole KWT
 
 def split_input(x9, parts):
@@ -934,7 +1111,8 @@ def input_parts(x9):
     raise InputError(f"input values [{lo}, {hi}] are not int9")
 
 
-def compile_kwt(model, mfcc9, *, config=None, pes=None, lanes=None, parts=None, last_rows1=True):
+def compile_kwt(model, mfcc9, *, config=None, pes=None, lanes=None, parts=None, last_rows1=True,
+                delta=None):
     """The whole int8 KWT on one clip as a :class:`CompiledJob`; ``job.read(ext)`` gives the
     (1, classes) int16 logits, bit-exact with :func:`sim.golden.kwt`.
 
@@ -944,6 +1122,9 @@ def compile_kwt(model, mfcc9, *, config=None, pes=None, lanes=None, parts=None, 
         image holds the LOAD_A words (:meth:`CompiledJob.with_input`).
     last_rows1 : after the last layer's K and V only token 0 matters: run the rest of that layer
         on one row (False: every row, as the golden model).
+    delta : Delta KWT thresholds (a θ for every supported site, or ``{site: θ}``): DMATMUL at
+        the sites ``qkv``, ``wo``, ``ffn1``, ``ffn2`` (:func:`lower_layer_delta`); the logits
+        equal :func:`sim.golden.delta_kwt.kwt_delta` with the same thresholds.
     """
     cfg = make_config(config, pes, lanes)
     mc = model.config
@@ -959,8 +1140,14 @@ def compile_kwt(model, mfcc9, *, config=None, pes=None, lanes=None, parts=None, 
     nl = len(model.layers)
     Cp = _pad(classes, cfg.lanes)
 
+    th = delta_thresholds(delta) if delta is not None else None
+    use_delta = th is not None and any(t is not None for t in th.values())
+
     def make(lay):
-        b = Builder(cfg, bbuf_ring=lay.bbuf_fixed)
+        QX = wring = None
+        if use_delta:
+            lay, QX, wring = delta_layout(cfg, lay, th, delta_weight_elems(cfg, model, th))
+        b = Builder(cfg, bbuf_ring=lay.bbuf_fixed, wring=wring)
         b.input_a("input", a, lay.IN, lay.IN_stride)
         b.input_c("embed.c0", model.embed_c0, lay.XA, lay.Dp)
         b.set_section("embed")
@@ -970,8 +1157,12 @@ def compile_kwt(model, mfcc9, *, config=None, pes=None, lanes=None, parts=None, 
         for li, layer in enumerate(model.layers):
             b.set_section(f"layer{li}")
             rows = 1 if last_rows1 and li == nl - 1 else N
-            lower_layer(b, lay, layer, rows=rows, heads=H, name=f"l{li}",
-                        out=dict(dst=Dst.AMEM, out_base=lay.XA, out_stride=lay.Dp))
+            out = dict(dst=Dst.AMEM, out_base=lay.XA, out_stride=lay.Dp)
+            if use_delta:
+                lower_layer_delta(b, lay, layer, rows=rows, heads=H, name=f"l{li}", out=out,
+                                  th=th, QX=QX)
+            else:
+                lower_layer(b, lay, layer, rows=rows, heads=H, name=f"l{li}", out=out)
         b.set_section("head")
         weight_matmul(b, "head", np.asarray(model.head_w).T,
                       params=(model.head_b, model.head_m, model.head_sh), rows=1, a_base=lay.XA,
@@ -979,7 +1170,8 @@ def compile_kwt(model, mfcc9, *, config=None, pes=None, lanes=None, parts=None, 
                       sat=Sat.INT16, bias=True, req=True)
         b.output(1, classes, lay.OUT, Cp)
         job = b.build(shape=(1, classes))
-        job.info.update(layout=lay.describe(), input_parts=parts, last_rows1=last_rows1)
+        job.info.update(layout=lay.describe(), input_parts=parts, last_rows1=last_rows1,
+                        delta=th if use_delta else None)
         return job
 
     linear = any(getattr(layer, "linear", False) for layer in model.layers)

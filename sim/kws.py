@@ -18,11 +18,15 @@ of a run, so the per-layer breakdown always comes from the cost model's timeline
 program (docs/compiler.md). Errors (bad wav, missing model, a model that does not fit the
 accelerator, ...) print one ``error:`` line and exit 2; a failed simulation exits 1.
 
-``--delta-threshold`` (golden backend) runs Delta KWT (docs/delta.md,
-:func:`sim.golden.delta_kwt.kwt_delta`): one θ for every matmul-input site but the MFCC input,
-per-site values (``qkv=24,ffn1=24,...``; unnamed sites stay dense), or ``recommended`` (the
-documented operating point, :data:`RECOMMENDED_DELTA`). Each result then carries
-``macs_dense`` and ``macs_executed`` instead of the dense accelerator's cycle figures.
+``--delta-threshold`` runs Delta KWT (docs/delta.md, :func:`sim.golden.delta_kwt.kwt_delta`):
+one θ for every matmul-input site but the MFCC input, per-site values (``qkv=24,ffn1=24,...``;
+unnamed sites stay dense), or ``recommended`` (the documented operating point,
+:data:`RECOMMENDED_DELTA`). Each result then carries ``macs_dense`` and ``macs_executed``; on
+the golden backend instead of the cycle figures, on ``interp``/``amaranth``/``verilator`` next
+to them: the compiled program uses DMATMUL at the sites the hardware supports (``qkv``, ``wo``,
+``ffn1``, ``ffn2``; the others stay dense, listed in ``delta_sites_dense``), and
+``golden_match`` says whether its logits equal the golden model's with the same thresholds.
+Delta mode holds the weight slices in AMEM: KWT-1 at P = 8 needs ``--amem-depth 16384``.
 """
 import argparse
 import json
@@ -54,14 +58,14 @@ class _Accel:
     """The int8 model: on the numpy golden model (``golden``) or as the compiled program on a
     backend; logits dequantized with the model's scale, plus the accelerator's figures."""
 
-    def __init__(self, name, model_path, config):
+    def __init__(self, name, model_path, config, **compile_kw):
         from .compiler import KwtPrograms
         from .qmodel import load_qmodel
         self.name = name
         self.model = load_qmodel(model_path)
         self.scale = float(self.model.scales.get("logits", 1.0))
         self.config = config
-        self.programs = KwtPrograms(self.model, config)
+        self.programs = KwtPrograms(self.model, config, **compile_kw)
         self.backend = None
         if name in ("amaranth", "verilator"):
             from .backends import get_backend
@@ -115,6 +119,41 @@ class _Delta:
                 for row, d, e in zip(q, macs["dense"], macs["executed"])]
 
 
+class _DeltaAccel(_Accel):
+    """Delta KWT as the compiled program with DMATMUL (``interp``, ``amaranth``,
+    ``verilator``): the sites the hardware supports (sim.compiler.DELTA_HW_SITES; the others
+    stay dense and are listed in ``delta_sites_dense``); each result carries the cycles (the
+    backend's CYCLES counter, or the cost model with the clip's Δ counts on interp), the
+    golden MAC counts of the same thresholds and whether the logits equal the golden
+    :func:`sim.golden.delta_kwt.kwt_delta`."""
+
+    def __init__(self, name, model_path, config, theta):
+        from .compiler import DELTA_HW_SITES
+        self.theta = {s: t for s, t in theta.items() if s in DELTA_HW_SITES}
+        self.dense_sites = sorted(set(theta) - set(self.theta))
+        if not self.theta:
+            raise InputError(f"--delta-threshold names no site the accelerator supports "
+                             f"({', '.join(DELTA_HW_SITES)})")
+        super().__init__(name, model_path, config, delta=self.theta)
+
+    def _figures(self, job, counters=None):
+        fig = super()._figures(job, counters)
+        # the per-layer timeline replays the program without data: every DMATMUL as if each
+        # token changed in all K features
+        fig["layer_cycles_source"] = "cost model, DMATMUL taken as dense (nnz = K)"
+        return fig
+
+    def run(self, feats):
+        from .golden.delta_kwt import kwt_delta
+        out = super().run(feats)
+        q, macs = kwt_delta(self.model, self.model.quantize_input(feats), self.theta)
+        for r, row, d, e in zip(out, q, macs["dense"], macs["executed"]):
+            r.update(macs_dense=int(d), macs_executed=int(e), delta_threshold=self.theta,
+                     delta_sites_dense=self.dense_sites,
+                     golden_match=bool(np.array_equal(r["logits_int"], row)))
+        return out
+
+
 def parse_delta_threshold(text):
     """``θ`` (every site but the MFCC input), ``site=θ,...`` or ``recommended`` → site dict."""
     from .golden.delta_kwt import SITES, normalize_thresholds
@@ -156,16 +195,15 @@ def load_backend(name, *, model=None, use_float=False, tflite=None, config=None,
         if delta is not None:
             raise InputError("--delta-threshold applies to the int8 model, not to --float")
         return _Float(tflite)
-    if delta is not None:
-        if name != "golden":
-            raise InputError(f"--delta-threshold runs on the golden backend only; the RTL delta "
-                             f"mode is not built yet (docs/delta.md), not on {name!r}")
-        return _Delta(model or DEFAULT_MODEL, delta)
     if name not in BACKENDS:
         raise InputError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    if delta is not None and name == "golden":
+        return _Delta(model or DEFAULT_MODEL, delta)
     if config is None:
         from .program import AccelConfig
         config = AccelConfig(pes=8, lanes=16, **HW_DEPTHS)
+    if delta is not None:
+        return _DeltaAccel(name, model or DEFAULT_MODEL, config, delta)
     return _Accel(name, model or DEFAULT_MODEL, config)
 
 
@@ -214,11 +252,15 @@ def cmd_predict(args, backend):
             print("  logits: " + " ".join(f"{v:.3f}" for v in o["logits"]))
             if "macs_dense" in o:
                 print(f"  delta: {o['macs_executed']} of {o['macs_dense']} MACs executed")
+            if "golden_match" in o:
+                print(f"  delta sites {o['delta_threshold']} on DMATMUL (dense: "
+                      f"{', '.join(o['delta_sites_dense']) or 'none'}); logits "
+                      f"{'equal' if o['golden_match'] else 'DIFFER FROM'} golden kwt_delta")
             if "cycles" in o:
                 print(f"  {o['cycles']} cycles ({o['cycles_source']}) at P={o['pes']} "
                       f"L={o['lanes']}, {o['mac_ops']} MACs, MAC utilization "
                       f"{100 * o['mac_utilization']:.1f} %")
-                print("  per layer (cost model): " + ", ".join(
+                print(f"  per layer ({o['layer_cycles_source']}): " + ", ".join(
                     f"{k} {v}" for k, v in o["layer_cycles"].items()))
 
 
@@ -244,6 +286,9 @@ def cmd_eval(args, backend):
         summary.update(delta_threshold=results[0]["delta_threshold"],
                        macs_dense=dense / n, macs_executed=executed / n,
                        macs_skipped=1 - executed / dense)
+        if "golden_match" in results[0]:
+            summary.update(golden_match=all(r["golden_match"] for r in results),
+                           delta_sites_dense=results[0]["delta_sites_dense"])
     if results and "cycles" in results[0]:
         cyc = np.array([r["cycles"] for r in results], dtype=np.float64)
         summary.update(
@@ -264,6 +309,10 @@ def cmd_eval(args, backend):
             print(f"  delta {summary['delta_threshold']}: {100 * summary['macs_skipped']:.1f} % "
                   f"of the MACs skipped ({summary['macs_executed']:.0f} of "
                   f"{summary['macs_dense']:.0f} per clip)")
+        if "golden_match" in summary:
+            print(f"  logits {'equal' if summary['golden_match'] else 'DIFFER FROM'} golden "
+                  f"kwt_delta on every clip (dense sites: "
+                  f"{', '.join(summary['delta_sites_dense']) or 'none'})")
         if "cycles_mean" in summary:
             print(f"  {summary['cycles_mean']:.0f} cycles per clip ({summary['cycles_source']}) "
                   f"at P={summary['pes']} L={summary['lanes']}, MAC utilization "
@@ -289,9 +338,10 @@ def main(argv=None):
                         "the release's weights)")
     common.add_argument("--json", action="store_true", help="print one JSON document")
     common.add_argument("--delta-threshold", default=None, metavar="θ",
-                        help="Delta KWT on the golden backend: θ (0..255) for every matmul input "
-                        "but the MFCC input, site=θ,... per site (sites: embed, qkv, scores, pv, "
-                        "wo, ffn1, ffn2), or 'recommended'")
+                        help="Delta KWT: θ (0..255) for every matmul input but the MFCC input, "
+                        "site=θ,... per site (sites: embed, qkv, scores, pv, wo, ffn1, ffn2), or "
+                        "'recommended'; on interp/amaranth/verilator DMATMUL at qkv, wo, ffn1, "
+                        "ffn2 (needs --amem-depth 16384 for KWT-1 at P = 8)")
     p = sub.add_parser("predict", parents=[common], help="label and logits for each wav file")
     p.add_argument("wav", nargs="+")
     e = sub.add_parser("eval", parents=[common], help="top-1 accuracy over a folder with one subfolder per label")

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw.isa import INSTR_BITS, Dst, ErrorCode, Flag, Op, Sat, decode, encode
+from hw.array import DELTA_BLOCKS
 from hw.pe import PE
 
 from .errors import InputError, KwsError
@@ -41,6 +42,7 @@ from .golden import requant as golden_requant
 from .golden import rsqrt as golden_rsqrt
 from .golden import softmax as golden_softmax
 from .golden.attention import DEN_MIN, mantissa15
+from .golden.delta_kwt import delta_rows
 from .golden.divide import divide as golden_divide
 from .golden.fixed import INT8, INT9, INT16, INT32, UINT8, clip, rshift_round
 from .golden.mac import MAX_K, wrap32
@@ -59,6 +61,7 @@ C_TILE_WORDS = 4          # STORE_C: one row's L int32 of one tile
 AMEM_BITS = 9
 BBUF_BITS = 8
 MATMUL_FLAGS = int(Flag.BIAS | Flag.ACCUM | Flag.RELU | Flag.RSCALE | Flag.REQ | Flag.ACT)
+DMATMUL_FLAGS = int(Flag.BIAS | Flag.RELU | Flag.REQ | Flag.ACT)
 ROW_OPS = (Op.SOFTMAX, Op.LAYERNORM, Op.RADD, Op.RECIP)
 LOAD_OPS = (Op.LOAD_A, Op.LOAD_B, Op.LOAD_P, Op.LOAD_C, Op.LOAD_T)
 RS_ENTRIES = 256             # row-scale entries per PE
@@ -93,10 +96,13 @@ class AccelConfig:
     pbuf_depth: int = 64
     imem_depth: int = 256
     mem_latency: int = 4
+    delta_k: int = None          # largest K of a DMATMUL; None: 16·lanes (hw.array.DELTA_WORDS)
 
     def __post_init__(self):
+        if self.delta_k is None:
+            object.__setattr__(self, "delta_k", 16 * self.lanes)
         for name in ("pes", "lanes", "amem_depth", "cmem_depth", "bbuf_depth", "pbuf_depth",
-                     "imem_depth", "mem_latency"):
+                     "imem_depth", "mem_latency", "delta_k"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise InputError(f"{name} must be a positive integer, not {v!r}")
@@ -154,6 +160,21 @@ def status_word(*, busy=False, halted=False, error=None):
 
 def _ceil(a, b):
     return -(-a // b)
+
+
+def w_delta_words(w, pes, lanes):
+    """LOAD_A image of DMATMUL weights W (K, N int8): row ``(j·K + k)·P + p`` holds
+    ``W[k, t·L … t·L + L − 1]`` of column tile ``t = j·P + p`` (zeros past N), so that
+    ``LOAD_A rows = ⌈tiles/P⌉·K·P, k = L, a_stride = L`` puts PE p's slices at
+    ``a_base + (j·K + k)·L`` (docs/isa.md, DMATMUL)."""
+    w = np.asarray(w, dtype=np.int64)
+    K, N = w.shape
+    T = _ceil(N, lanes)
+    g = _ceil(T, pes)
+    pad = np.zeros((K, g * pes * lanes), dtype=np.int64)
+    pad[:, :N] = w
+    out = pad.reshape(K, g, pes, lanes).transpose(1, 0, 2, 3).reshape(-1, lanes)
+    return a_words(out, lanes)
 
 
 def a_words(a, lanes):
@@ -338,6 +359,24 @@ class Assembler:
                           sat=int(_sat(sat)), flags=int(flags), count=n,
                           imm=int(table) & 1 if act else 0, ext_addr=self._lag(lag))
 
+    def dmatmul(self, *, rows, k, tiles, n=0, a_base=0, a_stride=None, b_base=0, p_base=0,
+                dst=Dst.AMEM, out_base=0, out_stride=None, sat=Sat.INT9, bias=False,
+                relu=False, req=False, act=False, table=0, theta=0, lag=0):
+        """DMATMUL (docs/isa.md): ``b_base`` is the AMEM element address of the W slices
+        (:func:`w_delta_words`), ``theta`` the delta threshold (imm[15:8])."""
+        flags = ((Flag.BIAS if bias else 0) | (Flag.RELU if relu else 0)
+                 | (Flag.REQ if req else 0) | (Flag.ACT if act else 0))
+        if not 0 <= int(theta) <= 255:
+            raise InputError(f"DMATMUL theta {theta} is not 0…255")
+        if out_stride is None:
+            out_stride = tiles * self.cfg.lanes
+        return self._emit(Op.DMATMUL, rows=rows, k=k, tiles=tiles, a_base=a_base,
+                          a_stride=k if a_stride is None else a_stride, b_base=b_base,
+                          p_base=p_base, dst=int(dst), out_base=out_base, out_stride=out_stride,
+                          sat=int(_sat(sat)), flags=int(flags), count=n,
+                          imm=(int(table) & 1 if act else 0) | int(theta) << 8,
+                          ext_addr=self._lag(lag))
+
     def load_c(self, ext_addr, rows, tiles, out_base=0, out_stride=None):
         return self._emit(Op.LOAD_C, ext_addr=ext_addr, rows=rows, tiles=tiles, out_base=out_base,
                           out_stride=tiles * self.cfg.lanes if out_stride is None else out_stride)
@@ -426,6 +465,8 @@ def static_check(i, cfg):
 
     flags = i["flags"]
     allowed = MATMUL_FLAGS if op == Op.MATMUL else int(Flag.NORM) if op == Op.SOFTMAX else 0
+    if op == Op.DMATMUL:
+        allowed = DMATMUL_FLAGS
     if flags & ~allowed:
         return ErrorCode.BAD_FIELD, f"{op.name}: flag bits {flags:#04x} not allowed"
     if op == Op.LOAD_B:
@@ -490,6 +531,37 @@ def static_check(i, cfg):
             over(ErrorCode.BBUF_RANGE, "BBUF write", o_end, cfg.bbuf_depth)
         if flags & (Flag.BIAS | Flag.REQ) or dst != Dst.CMEM:
             over(ErrorCode.PBUF_RANGE, "PBUF read", i["p_base"] + T, cfg.pbuf_depth)
+    elif op == Op.DMATMUL:
+        M, K, T, dst, sat = (i[f] for f in ("rows", "k", "tiles", "dst", "sat"))
+        N = i["count"] or T * L
+        if not (M and K and T):
+            return ErrorCode.BAD_FIELD, "rows, k and tiles must be non-zero"
+        if i["count"] > T * L:
+            return ErrorCode.BAD_FIELD, f"count (N) {i['count']} > tiles·L = {T * L}"
+        if sat > max(Sat):
+            return ErrorCode.BAD_FIELD, f"sat {sat} out of range"
+        if dst not in (Dst.CMEM, Dst.AMEM):
+            return ErrorCode.BAD_FIELD, f"DMATMUL dst {dst}: only CMEM (with REQ) or AMEM"
+        if dst == Dst.CMEM and not flags & Flag.REQ:
+            return ErrorCode.BAD_FIELD, "DMATMUL with dst CMEM needs REQ"
+        if flags & Flag.ACT and (dst != Dst.AMEM or sat != Sat.INT8):
+            return ErrorCode.BAD_FIELD, "ACT needs dst AMEM and sat INT8"
+        if dst == Dst.AMEM and sat == Sat.INT16:
+            return ErrorCode.BAD_FIELD, "AMEM holds int9: sat INT16 is not allowed"
+        if K > cfg.delta_k:
+            return ErrorCode.BAD_FIELD, f"DMATMUL k = {K} > {cfg.delta_k} (the delta buffers)"
+        for f in ("a_base", "a_stride", "b_base", "out_base", "out_stride"):
+            if i[f] % L:
+                return ErrorCode.BAD_FIELD, f"DMATMUL {f} = {i[f]} is not a multiple of L = {L}"
+        over(ErrorCode.AMEM_RANGE, "A read", i["a_base"] + rm1 * i["a_stride"] + K,
+             cfg.amem_depth)
+        o_end = i["out_base"] + rm1 * i["out_stride"] + N
+        if dst == Dst.AMEM:
+            over(ErrorCode.AMEM_RANGE, "AMEM write", o_end, cfg.amem_depth)
+        over(ErrorCode.AMEM_RANGE, "W read", i["b_base"] + _ceil(T, P) * K * L, cfg.amem_depth)
+        if dst == Dst.CMEM:
+            over(ErrorCode.CMEM_RANGE, "CMEM write", o_end, cfg.cmem_depth)
+        over(ErrorCode.PBUF_RANGE, "PBUF read", i["p_base"] + T, cfg.pbuf_depth)
     elif op in ROW_OPS:
         k, rows, dst, sat = i["k"], i["rows"], i["dst"], i["sat"]
         if not 1 <= k <= MAX_ROW_K:
@@ -1189,6 +1261,51 @@ class CostModel:
     row_done: tuple = (("LAYERNORM", 54), ("NORM", 50), ("SOFTMAX", 62), ("RECIP", 42))
     row_pipe: int = 27
 
+    # DMATMUL (hw/array.py, PEArray._delta): a token's last beat → its block of results full
+    # (the beat pipeline, the drain of L elements, D_Y); the writer then takes P cycles (dst
+    # AMEM) or 4P (dst CMEM); per token: the X scan (⌈K/L⌉ reads), 5 cycles of encoder pipeline
+    # and word select, then max(1, nnz) beats.
+    delta_full: int = PE.MAC_LATENCY + 2 + PE.D_Y
+    delta_scan: int = 5
+
+    def dmatmul_timing(self, i, cfg, accept, last_beat):
+        """``(beats, last_beat, written)`` of a DMATMUL accepted in cycle ``accept``: beat
+        cycles (Σ max(1, nnz)·passes), its last beat, the cycle its last result is written.
+        The per-token pair counts come from the interpreter (``i["_delta_nnz"]``); without
+        them every token is taken as dense (nnz = K)."""
+        P, L = cfg.pes, cfg.lanes
+        M, K, T = i["rows"], i["k"], i["tiles"]
+        g, nw = _ceil(T, P), _ceil(K, L)
+        nnz = i.get("_delta_nnz") or [K] * M
+        per_pe = 4 if i["dst"] == Dst.CMEM else 1
+        N = i["count"] or T * L
+        free = [accept] * DELTA_BLOCKS   # when each collector block's credit is back
+        w_free = 0                   # the writer is free from this cycle on
+        written = accept
+        c = accept + 1               # the sequencer's current cycle
+        beats = 0
+        blk = 0
+        for j in range(g):
+            if j:
+                c = max(c, written + 1)          # results of the pass written (FWAIT)
+            c += 1 + 8 * P                      # FWAIT, parameter fetch
+            # the writer stops after the last PE with columns in this pass
+            write = min(P, _ceil(N - j * P * L, L)) * per_pe
+            for t in range(M):
+                n = max(1, nnz[t])
+                beats += n
+                emit = c + nw + self.delta_scan
+                last_beat = max(emit + n - 1, last_beat + L, free[blk])
+                # the writer takes a block the cycle after it is full or after the previous
+                # block's last write, and writes from the next
+                w_start = max(last_beat + self.delta_full + L, w_free + 1)
+                w_free = w_start + write
+                written = w_free
+                free[blk] = w_free + 1
+                blk = (blk + 1) % DELTA_BLOCKS
+                c = last_beat + 1
+        return beats, last_beat, written + 1
+
     def row_cycles(self, i, cfg):
         """Cycles of a row operation from start to its last write."""
         op = Op(i["op"])
@@ -1295,6 +1412,25 @@ class CostModel:
                 prev_local = i["dst"] != Dst.CMEM or bool(i["flags"] & Flag.REQ)
                 span((accept, end))
                 t = accept + self.issue
+            elif op == Op.DMATMUL:
+                # Runs alone: waits for the array to be idle; everything after it waits for
+                # its results.
+                lag = lag_of(i)
+                need = load_ends[-lag - 1] if len(load_ends) > lag else 0
+                ok = max(t, need, busy_end, row_end)
+                stall_dma += max(0, need - t)
+                accept = max(ok + 1, array_free)
+                beats, last_beat, end = self.dmatmul_timing(i, cfg, accept, last_beat)
+                mac += beats
+                array_free = last_beat + 1
+                done.append(end)
+                log((instret - 1, "DMATMUL accept", accept))
+                log((instret - 1, "DMATMUL done", end))
+                array_cycles += max(0, end - max(accept + 1, busy_end))
+                busy_end = max(busy_end, end)
+                prev_local = True
+                span((accept, end))
+                t = accept + self.issue
             elif op in ROW_OPS:
                 lag = lag_of(i)
                 need = load_ends[-lag - 1] if len(load_ends) > lag else 0
@@ -1339,7 +1475,8 @@ class _Machine:
 
     def handlers(self):
         return {Op.LOAD_A: self.load_a, Op.LOAD_B: self.load_b, Op.LOAD_P: self.load_p,
-                Op.STORE_C: self.store_c, Op.MATMUL: self.matmul, Op.LOAD_C: self.load_c,
+                Op.STORE_C: self.store_c, Op.MATMUL: self.matmul, Op.DMATMUL: self.dmatmul,
+                Op.LOAD_C: self.load_c,
                 Op.LOAD_T: self.load_t, Op.SOFTMAX: self.softmax, Op.LAYERNORM: self.layernorm,
                 Op.RADD: self.radd, Op.RECIP: self.recip}
 
@@ -1478,6 +1615,42 @@ class _Machine:
                     self.amem[c % P][i["out_base"] + (c // P) * i["out_stride"] + n] = \
                         _wrap(y[:, c], AMEM_BITS)
 
+    def dmatmul(self, i, pc):
+        """DMATMUL (docs/delta.md): Y = X̂·W with X̂ the Δ-encoded token rows (θ = imm[15:8]),
+        W column tile t = j·P + p in PE p's AMEM at ``b_base + (j·K + k)·L``. Records the
+        per-token pair counts in ``i["_delta_nnz"]`` for :class:`CostModel`."""
+        P, L = self.cfg.pes, self.cfg.lanes
+        M, K, T = i["rows"], i["k"], i["tiles"]
+        dst, flags, sat = Dst(i["dst"]), int(i["flags"]), Sat(i["sat"])
+        N = i["count"] or T * L
+        theta = (i["imm"] >> 8) & 0xFF
+        n = np.arange(M)
+        x = self.amem[n[:, None] % P, i["a_base"] + (n[:, None] // P) * i["a_stride"]
+                      + np.arange(K)[None, :]]
+        xhat, nnz = delta_rows(x, theta)
+        i["_delta_nnz"] = [int(v) for v in nnz]
+        cols = np.arange(N)
+        t, l = cols // L, cols % L
+        j, p = t // P, t % P
+        w = self.amem[p[None, :], i["b_base"] + (j[None, :] * K + np.arange(K)[:, None]) * L
+                      + l[None, :]]
+        w = _wrap(w, 8)
+        pt = slice(i["p_base"], i["p_base"] + T)
+        bias, mm, ss = (v[pt].reshape(T * L)[:N] for v in (self.p_bias, self.p_m, self.p_sh))
+        s = golden_matmul(xhat, w, np.broadcast_to(bias, (M, N)) if flags & Flag.BIAS else None)
+        lo, hi = SAT_RANGE[sat]
+        y = golden_requant(s, mm, ss, lo, hi)
+        if flags & Flag.RELU:
+            y = np.maximum(y, 0)
+        if flags & Flag.ACT:
+            y = self.table[256 * (i["imm"] & 1) + y + 128]
+        o_idx = i["out_base"] + (n[:, None] // P) * i["out_stride"] + cols[None, :]
+        pe = np.broadcast_to(n[:, None] % P, o_idx.shape)
+        if dst == Dst.CMEM:
+            self.cmem[pe, o_idx] = y
+        else:
+            self.amem[pe, o_idx] = _wrap(y, AMEM_BITS)
+
     def _row_io(self, i):
         """Per PE: (p, local rows, source index matrix, destination index matrix)."""
         k = i["k"]
@@ -1606,7 +1779,7 @@ def interpret(image, prog_base, prog_len, config, *, cost=None, load_order="prog
         op = Op(i["op"])
         if op in (Op.HALT, Op.SYNC):
             drain(0)
-        elif op == Op.STORE_C or (op == Op.MATMUL or op in ROW_OPS):
+        elif op == Op.STORE_C or (op in (Op.MATMUL, Op.DMATMUL) or op in ROW_OPS):
             drain(lag_of(i) if op != Op.STORE_C else 0)
         if op == Op.HALT:
             break
@@ -1673,6 +1846,15 @@ def accesses(i, cfg):
     elif op == Op.RECIP:
         span("C", i["a_base"], i["a_stride"], R, 1, False)
         span("RS", 0, 0, 1, R, True)
+    elif op == Op.DMATMUL:
+        M, K, T, dst, flags = i["rows"], i["k"], i["tiles"], i["dst"], i["flags"]
+        N = i["count"] or T * L
+        span("A", i["a_base"], i["a_stride"], R, K, False)
+        span("A", i["b_base"], 0, 1, _ceil(T, P) * K * L, False)
+        span("P", i["p_base"], 0, 1, T, False)
+        if flags & Flag.ACT:
+            span("T", 256 * (i["imm"] & 1), 0, 1, 256, False)
+        span("C" if dst == Dst.CMEM else "A", i["out_base"], i["out_stride"], R, N, True)
     elif op in ROW_OPS:
         k = i["k"]
         span("C", i["a_base"], i["a_stride"], R, k, False)

@@ -132,11 +132,25 @@ def test_delta_threshold_zero_equals_dense_and_reports_macs(capsys):
     assert out["delta_threshold"] == {"qkv": 255, "ffn1": 4}
 
 
+def test_delta_threshold_on_the_compiled_program(capsys):
+    """interp: DMATMUL at qkv/wo/ffn1/ffn2, logits equal golden kwt_delta, fewer cycles than
+    the dense program at θ = 16 (scores/pv stay dense and are reported)."""
+    args = ["predict", str(CLIPS[0]), "--json", "--backend", "interp", "--amem-depth", "16384"]
+    main(args)
+    dense = json.loads(capsys.readouterr().out)[0]
+    main(args + ["--delta-threshold", "16"])
+    o = json.loads(capsys.readouterr().out)[0]
+    assert o["golden_match"] and o["delta_sites_dense"] == ["pv", "scores"]
+    assert o["delta_threshold"] == {"qkv": 16, "wo": 16, "ffn1": 16, "ffn2": 16}
+    assert 0 < o["cycles"] < dense["cycles"] and o["macs_executed"] < o["macs_dense"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--delta-threshold", "300"], "bad --delta-threshold"),
     (["--delta-threshold", "nope=3"], "unknown delta sites"),
     (["--delta-threshold", "x"], "bad --delta-threshold"),
-    (["--delta-threshold", "4", "--backend", "verilator"], "golden backend only"),
+    (["--delta-threshold", "4", "--backend", "verilator"], "--amem-depth 16384"),
+    (["--delta-threshold", "embed=4", "--backend", "interp"], "names no site the accelerator"),
     (["--delta-threshold", "4", "--float"], "not to --float"),
 ])
 def test_bad_delta_threshold_is_a_clear_error(args, message):
