@@ -483,9 +483,15 @@ def build_board_harness(*, trace=False, **top_kwargs):
         t0 = time.perf_counter()
         vpath = emit(top, BOARD_TOP_NAME, work)
         sdram = top_kwargs.get("memory", "bram") == "sdram"
-        (work / "board_config.h").write_text(
-            f'#define TOP_HEADER "V{BOARD_TOP_NAME}.h"\n#define TOP_CLASS V{BOARD_TOP_NAME}\n'
-            f"#define DIVISOR {top.divisor}\n" + ("#define SDRAM_MODEL 1\n" if sdram else ""))
+        defs = {"TOP_HEADER": f'"V{BOARD_TOP_NAME}.h"', "TOP_CLASS": f"V{BOARD_TOP_NAME}",
+                "DIVISOR": top.divisor}
+        if sdram:
+            c = top.memory               # the C++ model takes the controller's own figures
+            defs.update(SDRAM_MODEL=1, SDRAM_ROWS=c.rows, SDRAM_COLS=c.cols, SDRAM_BANKS=c.banks,
+                        SDRAM_INIT_CYCLES=c.init_cycles, SDRAM_INIT_REFRESH=c.init_refresh,
+                        SDRAM_REFI=c.refresh_interval,
+                        **{f"T_{k[1:]}": v for k, v in c.timing_cycles.items()})
+        (work / "board_config.h").write_text("".join(f"#define {k} {v}\n" for k, v in defs.items()))
         (work / "config.json").write_text(json.dumps(
             {"top": {k: v for k, v in top_kwargs.items() if k != "mem_init"}}, default=str, indent=1))
         flags = ["--cc", "--exe", "--build", "-O3", "-Wno-fatal", "--top-module", BOARD_TOP_NAME,

@@ -385,11 +385,12 @@ class SimLink:
         return req.parse(reply)
 
 
-def run_on_sim(top, ops, *, max_cycles=None, vcd=None, slack=20_000):
+def run_on_sim(top, ops, *, max_cycles=None, vcd=None, slack=20_000, background=()):
     """Simulate ``top`` (a ``hw.board.BoardTop``) executing the request generator ``ops``;
     return ``(value, cycles)``: what ``ops`` returns and the clock cycles it took. Watchdogs:
     every reply must arrive within its transmission time plus ``slack`` cycles, and the whole
-    run within ``max_cycles`` (``TimeoutError``)."""
+    run within ``max_cycles`` (``TimeoutError``). ``background``: more background testbenches
+    (e.g. ``tb.sdram_model.SdramModel(...).process`` for a board top with SDRAM)."""
     from amaranth.hdl import Module, Signal
     from amaranth.sim import Simulator
 
@@ -411,6 +412,8 @@ def run_on_sim(top, ops, *, max_cycles=None, vcd=None, slack=20_000):
     sim = Simulator(m)
     sim.add_clock(1 / top.clk_hz)
     sim.add_testbench(link.receiver, background=True)
+    for process in background:
+        sim.add_testbench(process, background=True)
     if max_cycles is not None:
         async def watchdog(ctx):
             await ctx.delay(max_cycles / top.clk_hz)
@@ -439,12 +442,13 @@ class VerilatorLink(_Link):
 
     Keyword arguments are ``BoardTop``'s (``clk_hz`` default 4 MHz and ``baud`` 1 Mbaud: 4
     cycles per bit; ``mem_depth`` default 2¹⁶ words, enough for the whole KWT-1 image at
-    L = 16); ``slack``: cycles a reply may take beyond its own transmission time (watchdog per
+    L = 16; ``memory="sdram"``: the SDRAM controller on the C++ SDRAM model of
+    tb/verilator/sdram_model.h, which checks the chip's timing rules); ``slack``: cycles a reply may take beyond its own transmission time (watchdog per
     request); ``max_cycles``: watchdog over the whole run (0: none); ``trace``: a VCD file.
     Use as a context manager (or call :meth:`close`). :attr:`cycles` is the simulated time.
     """
 
-    def __init__(self, *, pes, lanes=16, clk_hz=4_000_000, baud=1_000_000, mem_depth=1 << 16,
+    def __init__(self, *, pes, lanes=16, clk_hz=4_000_000, baud=1_000_000, mem_depth=None,
                  slack=20_000, max_cycles=0, trace=None, **top_kwargs):
         import subprocess
         import tempfile
@@ -453,8 +457,11 @@ class VerilatorLink(_Link):
 
         from .backends import build_board_harness
 
-        self.top_kwargs = dict(clk_hz=clk_hz, baud=baud, mem_depth=mem_depth, pes=pes,
-                               lanes=lanes, **top_kwargs)
+        if mem_depth is None and top_kwargs.get("memory", "bram") == "bram":
+            mem_depth = 1 << 16
+        if mem_depth is not None:
+            top_kwargs["mem_depth"] = mem_depth
+        self.top_kwargs = dict(clk_hz=clk_hz, baud=baud, pes=pes, lanes=lanes, **top_kwargs)
         self.clk_hz = clk_hz
         self.divisor = uart_divisor(clk_hz, baud)
         self.slack = _check_int("slack", slack, 0, 1 << 62)

@@ -29,16 +29,17 @@ class SdramViolation(AssertionError):
 
 class SdramModel:
     """Model of the chip behind ``ctrl.sdram`` (``ctrl``: a ``hw.sdram.SdramController``;
-    geometry and timing are taken from it). Add :meth:`process` as a background testbench.
+    geometry and timing are taken from it), or behind ``pins`` (the same signature, e.g. the
+    ``sdram`` port of a ``hw.board.BoardTop``). Add :meth:`process` as a background testbench.
 
     ``words(addr, n)`` reads back words as the controller maps them (for checks);
     ``stats`` counts commands; ``log`` keeps the last commands (for error messages).
     """
 
-    def __init__(self, ctrl, *, check_refresh=True):
+    def __init__(self, ctrl, *, pins=None, check_refresh=True):
         self.c = ctrl
         self.t = ctrl.timing_cycles
-        self.pins = ctrl.sdram
+        self.pins = ctrl.sdram if pins is None else pins
         self.cells = {}                       # (bank, row, col) → 16-bit value
         self.open = {}                        # bank → row
         self.last = {}                        # (event, bank or None) → edge

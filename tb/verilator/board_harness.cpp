@@ -36,16 +36,17 @@
 #include <string>
 #include <vector>
 
+[[noreturn]] void fail(const std::string& msg) {
+    std::fprintf(stderr, "error: %s\n", msg.c_str());
+    std::fflush(stderr);
+    std::exit(3);
+}
+
 #ifdef SDRAM_MODEL
 #include "sdram_model.h"
 #endif
 
 namespace {
-
-[[noreturn]] void fail(const std::string& msg) {
-    std::fprintf(stderr, "error: %s\n", msg.c_str());
-    std::exit(3);
-}
 
 void read_exact(void* buf, size_t n) {
     if (n && std::fread(buf, 1, n, stdin) != n) fail("host closed the pipe");
