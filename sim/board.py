@@ -598,6 +598,7 @@ def classify(link, wavs, *, model=None, config=None, progress=None):
                "logits": (row * scale).tolist(), "logits_int": row.tolist(),
                "golden": gold.tolist(), "equal_golden": bool(np.array_equal(row, gold)),
                "golden_label": names[int(np.argmax(gold))], "cycles": out["cycles"],
+               "mac_cycles": out["mac_cycles"], "stall_dma": out["stall_dma"],
                "instret": out["instret"], "pes": config.pes, "lanes": config.lanes}
         if sent0 is not None:
             res["bytes_sent"] = link.bytes_sent - sent0
@@ -655,12 +656,16 @@ def main(argv=None):
     where.add_argument("--port", help="serial device of a real board, e.g. /dev/ttyUSB0")
     where.add_argument("--sim-verilator", action="store_true",
                        help="the board top simulated by Verilator, through its UART pins "
-                       "(4 MHz clock, 1 Mbaud: 4 cycles per bit)")
+                       "(4 cycles per bit)")
     ap.add_argument("--baud", type=int, default=115_200, help="--port: bit rate (default 115200)")
     ap.add_argument("--pes", type=int, default=8, help="--sim-verilator: P (default 8)")
     ap.add_argument("--lanes", type=int, default=16, help="--sim-verilator: L (default 16)")
     ap.add_argument("--memory", choices=("bram", "sdram"), default="bram",
                     help="--sim-verilator: the ext memory of the simulated board (default bram)")
+    ap.add_argument("--sim-clk-hz", type=int, default=4_000_000,
+                    help="--sim-verilator: the board's clock (default 4 MHz; the UART runs at a "
+                    "quarter of it, 4 cycles per bit; the SDRAM timing follows the clock, "
+                    "25000000 is the ULX3S's)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="protocol version, L, memory words, ID and CONFIG")
     mm = sub.add_parser("matmul", help="a random int8 matmul, checked against the golden model")
@@ -679,7 +684,8 @@ def main(argv=None):
             kwargs = dict(HW_DEPTHS) if (args.pes, args.lanes) == (8, 16) else {}
             if args.memory != "bram":
                 kwargs["memory"] = args.memory
-            link = VerilatorLink(pes=args.pes, lanes=args.lanes, **kwargs)
+            link = VerilatorLink(pes=args.pes, lanes=args.lanes, clk_hz=args.sim_clk_hz,
+                                 baud=round(args.sim_clk_hz / 4), **kwargs)
         else:
             link = open_serial(args.port, args.baud)
         if args.cmd == "info":

@@ -92,6 +92,26 @@ def test_matmul_job_with_sdram_through_verilator_pins():
     np.testing.assert_array_equal(out["result"], matmul(a, b))
 
 
+@pytest.mark.slow  # ≈ 5 min: Verilator build of the P = 8 board with SDRAM + 0.7 MB over the UART
+def test_kws_with_sdram_through_verilator_pins(capsys):
+    """KWT-1 with its weights in the SDRAM (the controller on the C++ SDRAM model, ULX3S timing
+    at 25 MHz, every rule checked): one real clip through the UART pins, logits equal to
+    ``sim.golden.kwt`` bit for bit."""
+    from sim.kws import DEFAULT_MODEL
+    from sim.mfcc import mfcc
+    from sim.paths import shipped_clips_dir
+    from sim.qmodel import load_qmodel
+    from sim.wav import list_dataset, read_wav
+
+    path = str(list_dataset(shipped_clips_dir())[4][0])
+    assert host.main(["--sim-verilator", "--memory", "sdram", "--sim-clk-hz", "25000000",
+                      "kws", path, "--json"]) == 0
+    r, = json.loads(capsys.readouterr().out)
+    model = load_qmodel(DEFAULT_MODEL)
+    want = kwt(model, model.quantize_input(mfcc(read_wav(path))[None]))[0]
+    assert r["logits_int"] == want.tolist() and r["equal_golden"]
+
+
 @pytest.mark.slow  # ≈ 3 min: Verilator build of the P = 8 board (1–2 min) + 0.7 MB over the UART
 def test_kws_through_verilator_pins(capsys):
     """``python -m sim.board --sim-verilator kws`` on two real clips: the first loads the whole

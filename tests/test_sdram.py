@@ -44,7 +44,7 @@ def _simulate(ctrl, bench, *, max_cycles, extra=()):
 # tREFI shortened (but for the 4 MHz board simulation clock: 31 cycles) to refresh often.
 @pytest.mark.parametrize("lanes, cas_latency, clk_hz, trefi, seed", [
     (4, 2, 100_000_000, 700, 1), (16, 3, 100_000_000, 1000, 2), (8, 2, 25_000_000, 2000, 3),
-    (4, 3, 4_000_000, 7812.5, 4), (16, 2, 4_000_000, 7812.5, 5)])
+    (32, 2, 25_000_000, 2000, 6), (4, 3, 4_000_000, 7812.5, 4), (16, 2, 4_000_000, 7812.5, 5)])
 def test_random_traffic_against_reference(lanes, cas_latency, clk_hz, trefi, seed):
     timing = {"tREFI": trefi}
     ctrl = _ctrl(lanes, clk_hz, cas_latency, timing=timing)
