@@ -14,10 +14,18 @@ Requests may also be :class:`Wait` (pause, then drop stray bytes). Drivers:
 * :class:`SimLink`, inside an Amaranth testbench of ``hw.board.BoardTop``: it drives the
   ``rx`` pin bit by bit and decodes the ``tx`` pin in a background process
   (:func:`run_on_sim` builds the simulator around it).
+* :class:`VerilatorLink`: the board top under Verilator (tb/verilator/board_harness.cpp
+  bit-bangs the pins in C++; bytes go through a pipe).
 
-Command line (real board): ``python -m sim.board --port /dev/ttyUSB0 [--baud 115200] info`` and
-``… matmul [--m 8 --k 32 --n 16 --seed 1]`` (a random int8 matmul checked against
-``sim.golden.matmul``); errors end with one ``error: …`` line and exit status 2.
+Keyword spotting: :func:`kws_ops` (one inference of a compiled KWT-1 job: the whole image, or
+only the input when program and weights are on the board) and :func:`classify` (wav files →
+labels and logits, checked against ``sim.golden.kwt``).
+
+Command line: ``python -m sim.board (--port /dev/ttyUSB0 [--baud 115200] | --sim-verilator
+[--pes 8 --lanes 16 --memory bram|sdram --sim-clk-hz 4000000]) CMD`` with CMD ``info``,
+``matmul [--m 8 --k 32 --n 16 --seed 1]`` (a random int8 matmul checked against
+``sim.golden.matmul``) or ``kws WAV... [--json]`` (exit status 1 if a logit differs from the
+golden model); errors end with one ``error: …`` line and exit status 2.
 """
 from __future__ import annotations
 

@@ -134,4 +134,5 @@ def test_kws_through_verilator_pins(capsys):
         assert r["logits_int"] == want.tolist() and r["equal_golden"]
         assert r["label"] == labels()[int(np.argmax(want))]
         assert (r["pes"], r["lanes"]) == (8, 16) and r["cycles"] > 100_000
-    assert results[0]["bytes_sent"] > 600_000 > 10_000 > results[1]["bytes_sent"]
+    # The second clip sends its input region and the STATUS polls only.
+    assert results[0]["bytes_sent"] > 700_000 > 30_000 > results[1]["bytes_sent"]
