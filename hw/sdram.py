@@ -97,9 +97,11 @@ class SdramController(wiring.Component):
     ready : Out(1)
         High once the initialization is done (requests wait until then).
 
-    Read data is sampled ``cas_latency`` + 1 cycles after the READ leaves the controller's
-    output register (the chip sees a command one cycle after it is registered, as the
-    simulation models do; on the board the SDRAM clock is the inverted system clock).
+    Clocking: the chip's clock is the inverted system clock (``hw.board.BoardPins``), so the
+    chip samples a command half a cycle after the controller registered it and drives READ
+    data CL − ½ cycles after that, valid around the system clock edge CL cycles after the
+    command was registered: the controller samples DQ into a register at that edge. The
+    simulation models (tb/sdram_model.py, tb/verilator/sdram_model.h) follow this timing.
     """
 
     #: Words of the response FIFO (credits: reads are taken only while it has room for them).
@@ -230,19 +232,21 @@ class SdramController(wiring.Component):
         with m.Elif(paid & ~owe):
             m.d.sync += owed.eq(owed - 1)
 
-        # ---- read data path: a token per READ beat, data captured CL + 1 cycles later
-        pipe = Signal(CL + 2)
+        # ---- read data path: a token per READ beat; the beat is in dq_reg CL cycles after the
+        # READ was registered, when the token reaches pipe[CL]
+        pipe = Signal(CL + 1)
         read_beat = Signal()
         dq_reg = Signal(16)
         m.d.sync += [pipe.eq(Cat(read_beat, pipe[:-1])), dq_reg.eq(pins.dq_i)]
-        rd_busy = pipe[:CL + 1].any()          # read data still due on the bus
+        # No WRITE while read data is due: it would truncate the READ and collide on DQ.
+        rd_busy = pipe.any()
         m.submodules.rsp_fifo = q = fifo.SyncFIFO(width=8 * L, depth=self.RSP_DEPTH)
         asm = Signal(8 * L)
         n_in = Signal(range(B))
         inflight = Signal(range(self.RSP_DEPTH + 1))
         accepted_read = Signal()
         push = Signal()
-        with m.If(pipe[CL + 1]):
+        with m.If(pipe[CL]):
             m.d.sync += asm.eq(Cat(asm[16:], dq_reg))
             with m.If(n_in == B - 1):
                 m.d.sync += n_in.eq(0)

@@ -10,9 +10,12 @@ READ/WRITE on a closed bank, tRCD, tRP, tRAS, tRC, tRRD, tRFC, tWR, tMRD, refres
 behind tREFI, bus contention on DQ, unsupported commands or mode settings. The timing is the
 controller's own (``timing_cycles``), so the model is as strict as the part at that clock.
 
-Edge convention: the controller registers its pins; the chip samples them at the next rising
-edge (edge t). Read data of a READ at edge t is driven on ``dq_i`` from just after edge
-t + CL − 1 so that the controller samples it at edge t + CL.
+Edge convention (the board's: the chip's clock is the inverted system clock): the controller
+registers its pins at a system clock edge, the chip samples them half a cycle later; the model
+sees them at the next system edge t. READ data comes CL − ½ cycles after the chip's edge, and the
+controller samples it at system edge t + CL − 1: the model drives it on ``dq_i`` from just after
+edge t + CL − 2. A WRITE while read data is still due would truncate the READ (and collide on
+DQ): the model raises.
 """
 from collections import deque
 
@@ -52,6 +55,7 @@ class SdramModel:
         self.edge = 0
         self.log = deque(maxlen=12)
         self._drive = {}                      # edge → value the chip drives on DQ at that edge
+        self._drove_last = False
 
     # -------------------------------------------------------------- checks
     def _fail(self, rule, cmd):
@@ -74,8 +78,11 @@ class SdramModel:
         if not clk_en:
             self._fail("CKE low (power-down/self refresh are not modelled)", "CKE")
         chip_drives = self._drive.pop(self.edge, None) is not None
-        if dq_oe and chip_drives:
+        # The chip drives DQ half a cycle around that edge: the controller's data of this edge
+        # and of the next one overlap it.
+        if dq_oe and (chip_drives or self._drove_last):
             self._fail("bus contention: the controller drives DQ while read data is due", "DQ")
+        self._drove_last = chip_drives
         cmd = _DECODE[(ras, cas, we)] if cs else NOP
         if cmd != NOP:
             self.log.append((self.edge, cmd, ba, a))
@@ -134,6 +141,8 @@ class SdramModel:
             self._need(ACTIVE, ba, t["tRCD"], "tRCD", cmd)
             key = (ba, self.open[ba], col)
             if cmd == WRITE:
+                if any(d >= self.edge for d in self._drive):
+                    self._fail("WRITE while read data is due (it would truncate the READ)", cmd)
                 if not dq_oe:
                     self._fail("WRITE without data driven on DQ", cmd)
                 old = self.cells.get(key, 0)
@@ -143,7 +152,7 @@ class SdramModel:
             else:
                 if dqm:
                     self._fail("READ with DQM set (the controller reads whole words)", cmd)
-                due = self.edge + self.cl
+                due = self.edge + self.cl - 1
                 if due in self._drive:
                     self._fail("two reads due at the same edge", cmd)
                 self._drive[due] = self.cells.get(key, 0)

@@ -228,6 +228,14 @@ def test_model_rules():
     _cmd(model, Cmd.NOP)
     with pytest.raises(SdramViolation, match="contention"):
         _cmd(model, Cmd.WRITE, ba=0, a=5, dq=1, oe=1)          # read data due at this edge
+    ctrl, model = _model(cas_latency=3)
+    _init(ctrl, model)
+    _cmd(model, Cmd.ACTIVE, ba=0, a=1)
+    for _ in range(t["tRCD"] - 1):
+        _cmd(model, Cmd.NOP)
+    _cmd(model, Cmd.READ, ba=0, a=4)
+    with pytest.raises(SdramViolation, match="truncate"):
+        _cmd(model, Cmd.WRITE, ba=0, a=5, dq=1, oe=1)          # the READ's data not out yet
     ctrl, model = _model()
     _init(ctrl, model)
     with pytest.raises(SdramViolation, match="refresh fell behind"):
@@ -256,7 +264,7 @@ def test_model_reads_back_what_was_written():
     _cmd(model, Cmd.WRITE, ba=1, a=3, dq=0x1234, oe=1)
     _cmd(model, Cmd.WRITE, ba=1, a=3, dq=0xAB00, oe=1, dqm=1)    # high byte only
     outs = [_cmd(model, Cmd.READ, ba=1, a=3)] + [_cmd(model, Cmd.NOP) for _ in range(3)]
-    assert outs == [None, None, 0xAB34, None]     # driven after edge READ + CL − 1, for READ + CL
+    assert outs == [None, 0xAB34, None, None]     # driven after edge READ + CL − 2
 
 
 def test_arguments():

@@ -5,8 +5,9 @@
 // SDRAM_ROWS, SDRAM_COLS, SDRAM_BANKS, SDRAM_INIT_CYCLES, SDRAM_INIT_REFRESH, SDRAM_REFI,
 // T_RCD, T_RP, T_RAS, T_RC, T_RRD, T_RFC, T_WR, T_MRD.
 //
-// Edge convention (as the Python model): the chip samples the controller's registered pins at
-// the rising edge; read data of a READ at edge t is driven from just after edge t + CL - 1.
+// Edge convention (as the Python model, the board's inverted SDRAM clock): the model sees the
+// registered pins at the next system edge t; read data of a READ at edge t is sampled by the
+// controller at edge t + CL - 1 (driven from just after edge t + CL - 2).
 #pragma once
 
 #include <cstdint>
@@ -43,7 +44,8 @@ public:
         auto due = drive.find(edge);
         bool chip_drives = due != drive.end();
         if (chip_drives) drive.erase(due);
-        if (oe && chip_drives) violation("bus contention: the controller drives DQ while read data is due");
+        if (oe && (chip_drives || drove_last)) violation("bus contention: the controller drives DQ while read data is due");
+        drove_last = chip_drives;
         int c = cs ? (ras << 2 | cas << 1 | we) : 0;
         static const char* names[] = {"NOP", "BURST TERMINATE", "READ", "WRITE", "ACTIVE",
                                       "PRECHARGE", "REFRESH", "MODE"};
@@ -100,14 +102,16 @@ public:
             need(last_act[ba], T_RCD, "tRCD");
             uint16_t& cell = cells[(size_t(ba) * SDRAM_ROWS + size_t(open_row[ba])) * SDRAM_COLS + col];
             if (c == 3) {
+                if (!drive.empty() && drive.rbegin()->first >= edge)
+                    violation("WRITE while read data is due (it would truncate the READ)");
                 if (!oe) violation("WRITE without data on DQ");
                 uint16_t keep = uint16_t((dqm & 1 ? 0x00FF : 0) | (dqm & 2 ? 0xFF00 : 0));
                 cell = uint16_t((cell & keep) | (dq & ~keep));
                 last_wr[ba] = int64_t(edge);
             } else {
                 if (dqm) violation("READ with DQM set");
-                if (drive.count(edge + cl)) violation("two reads due at the same edge");
-                drive[edge + cl] = cell;
+                if (drive.count(edge + cl - 1)) violation("two reads due at the same edge");
+                drive[edge + cl - 1] = cell;
             }
         }
         if (mode_edge >= 0) {
@@ -122,6 +126,7 @@ private:
     std::vector<uint16_t> cells;
     std::map<uint64_t, uint16_t> drive;     // edge -> value on DQ at that edge
     uint16_t drive_next = 0;
+    bool drove_last = false;
     uint64_t edge = 0;
     int cl = 0;
     int open_row[SDRAM_BANKS];
