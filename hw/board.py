@@ -13,7 +13,7 @@ Amaranth); :class:`BoardPins` puts it on an ``amaranth_boards`` platform (``hw/b
                            MemArbiter (round robin, in-order responses)
                               │ target
                               ▼
-                           BlockRamMemory (an SDRAM controller later)
+                           BlockRamMemory, or SdramController ─▶ sdram pins
 """
 import enum
 
@@ -374,9 +374,14 @@ class BoardTop(wiring.Component):
             self.link_error.eq(rxu.frame_error | rxu.overrun),
             rx_fifo.w_data.eq(rxu.o.payload), rx_fifo.w_en.eq(rxu.o.valid),
             rxu.o.ready.eq(rx_fifo.w_rdy),
-            br.i.payload.eq(rx_fifo.r_data), br.i.valid.eq(rx_fifo.r_rdy),
-            rx_fifo.r_en.eq(br.i.ready),
+            br.i.payload.eq(rx_fifo.r_data),
         ]
+        # No command starts before the memory can take requests (the SDRAM's 200 µs
+        # initialization after reset): a MEM_WRITE stalled behind it would overflow the FIFO.
+        # The host, waiting for each reply, sends nothing else meanwhile.
+        mem_ready = mem.ready if self._memory_kind == "sdram" else 1
+        m.d.comb += [br.i.valid.eq(rx_fifo.r_rdy & mem_ready),
+                     rx_fifo.r_en.eq(br.i.ready & mem_ready)]
         connect(m, br.o, txu.i)
         connect(m, br.csr, acc.bus)
         connect(m, acc.mem, arb.initiators[0])

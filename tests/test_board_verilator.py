@@ -84,7 +84,10 @@ def test_matmul_job_with_sdram_through_verilator_pins():
     b = rng.integers(-128, 128, (12, 7))
     job = matmul_program(a, b, config=cfg)
     with host.VerilatorLink(pes=P, lanes=L, memory="sdram", **SMALL) as lk:
+        # INFO arrives during the SDRAM's 200 µs initialization (800 cycles): the board starts
+        # it only once the memory is ready (a MEM_WRITE sent now would not stall in the FIFO).
         assert lk.info() == host.BoardInfo(1, L, (32 << 20) // L)
+        assert lk.cycles > 800
         words = np.arange(64, dtype=np.uint8).reshape(16, L)
         lk.mem_write((1 << 20) - 8, words)                 # across banks and rows
         assert lk.mem_read((1 << 20) - 8, 16, L).tolist() == words.tolist()
