@@ -3,7 +3,7 @@
 UART pins by ``sim.board.VerilatorLink``: the same request and session code as SerialLink
 (a real board) and SimLink (Amaranth).
 
-Default run (one small build, P = 2, L = 4, ≈ 20 s the first time): the protocol commands,
+Default run (two small builds, P = 2, L = 4, ≈ 20–90 s each the first time): the protocol commands,
 resynchronization, an accelerator error and a matmul job through the pins.
 ``-m slow``: keyword inference of real clips at P = 8, L = 16 with the whole KWT-1 image loaded
 over the simulated UART (4 cycles per bit), logits equal to ``sim.golden.kwt`` bit for bit.
@@ -95,7 +95,7 @@ def test_matmul_job_with_sdram_through_verilator_pins():
     np.testing.assert_array_equal(out["result"], matmul(a, b))
 
 
-@pytest.mark.slow  # ≈ 5 min: Verilator build of the P = 8 board with SDRAM + 0.7 MB over the UART
+@pytest.mark.slow  # build (4–9 min) + 30 M simulated cycles: 19 min on the loaded 2-core machine
 def test_kws_with_sdram_through_verilator_pins(capsys):
     """KWT-1 with its weights in the SDRAM (the controller on the C++ SDRAM model, ULX3S timing
     at 25 MHz, every rule checked): one real clip through the UART pins, logits equal to
@@ -115,7 +115,7 @@ def test_kws_with_sdram_through_verilator_pins(capsys):
     assert r["logits_int"] == want.tolist() and r["equal_golden"]
 
 
-@pytest.mark.slow  # ≈ 3 min: Verilator build of the P = 8 board (1–2 min) + 0.7 MB over the UART
+@pytest.mark.slow  # build (4–9 min) + 30 M simulated cycles: 19 min on the loaded 2-core machine
 def test_kws_through_verilator_pins(capsys):
     """``python -m sim.board --sim-verilator kws`` on two real clips: the first loads the whole
     KWT-1 image through the simulated UART pins, the second only its input; logits equal to
