@@ -13,7 +13,7 @@ Amaranth); :class:`BoardPins` puts it on an ``amaranth_boards`` platform (``hw/b
                            MemArbiter (round robin, in-order responses)
                               │ target
                               ▼
-                           BlockRamMemory (an SDRAM controller later)
+                           BlockRamMemory, or SdramController ─▶ sdram pins
 """
 import enum
 
@@ -26,6 +26,7 @@ from .accelerator import DEFAULTS, DEPTH_LIMITS, Accelerator, check_params
 from .csr import csr_bus_signature
 from .dma import mem_signature
 from .extmem import BlockRamMemory, MemArbiter
+from .sdram import SdramController, sdram_pins_signature
 from .params import check_int
 from .pe import LANE_CHOICES, _log2, is_zero
 from .uart import UartRx, UartTx, uart_divisor
@@ -267,7 +268,14 @@ class BoardTop(wiring.Component):
     baud : int
         UART bit rate (8N1); ``round(clk_hz / baud)`` ≥ 4 within 2 % (``hw.uart``).
     mem_depth : int
-        Ext-memory words of L bytes in block RAM, a power of two, 16…2²⁴.
+        Ext-memory words of L bytes in block RAM, a power of two, 16…2²⁴ (``memory="bram"``;
+        with ``"sdram"`` the chip's size, given by ``sdram``, and ``mem_depth`` must be omitted).
+    memory : "bram" or "sdram"
+        The ext memory: on-chip :class:`hw.extmem.BlockRamMemory`, or the board's SDRAM
+        through :class:`hw.sdram.SdramController` (pins on the ``sdram`` port).
+    sdram : dict, optional
+        Further :class:`hw.sdram.SdramController` arguments (``cas_latency``, ``rows``,
+        ``cols``, ``banks``, ``timing``, ``init_us``, ``init_refresh``).
     timeout_ms : float
         A command whose next byte does not arrive within this time is dropped (docs/board.md,
         *Resynchronization*); 0 disables. Default 50 ms.
@@ -284,40 +292,68 @@ class BoardTop(wiring.Component):
         UART line to the host.
     link_error : Out(1)
         One-cycle pulse on a UART framing error or a dropped received byte (for an LED).
+    sdram : Out(hw.sdram.sdram_pins_signature(...))
+        Only with ``memory="sdram"``: the SDRAM chip's pins.
 
     Attributes ``accel``, ``memory`` (:class:`hw.extmem.BlockRamMemory`; its ``mem`` is the
     Amaranth ``Memory`` a testbench can read with ``ctx.get(top.memory.mem.data[i])``),
     ``bridge``, ``arbiter``.
     """
 
-    def __init__(self, *, clk_hz, baud=115_200, mem_depth, timeout_ms=50, mem_init=(),
-                 pes, lanes=DEFAULTS["lanes"], **accel_kwargs):
+    def __init__(self, *, clk_hz, baud=115_200, mem_depth=None, timeout_ms=50, mem_init=(),
+                 memory="bram", sdram=None, pes, lanes=DEFAULTS["lanes"], **accel_kwargs):
         # Every argument is checked before any subcomponent exists (no half-built design).
         unknown = set(accel_kwargs) - set(DEPTH_LIMITS)
         if unknown:
             raise TypeError(f"unexpected argument(s) {', '.join(sorted(unknown))}")
         check_params(pes=pes, lanes=lanes, **{**{k: DEFAULTS[k] for k in DEPTH_LIMITS}, **accel_kwargs})
         uart_divisor(clk_hz, baud)
-        check_int("mem_depth", mem_depth, lo=16, hi=1 << 24)
-        if mem_depth & (mem_depth - 1):
-            raise ValueError(f"mem_depth must be a power of two, not {mem_depth}")
+        if memory not in ("bram", "sdram"):
+            raise ValueError(f"memory must be 'bram' or 'sdram', not {memory!r}")
+        if memory == "bram":
+            if mem_depth is None:
+                raise TypeError("mem_depth is required with memory='bram'")
+            check_int("mem_depth", mem_depth, lo=16, hi=1 << 24)
+            if mem_depth & (mem_depth - 1):
+                raise ValueError(f"mem_depth must be a power of two, not {mem_depth}")
+            if sdram is not None:
+                raise TypeError("sdram= applies to memory='sdram' only")
+        else:
+            if mem_depth is not None or tuple(mem_init):
+                raise TypeError("memory='sdram' takes its size from the chip: no mem_depth, "
+                                "no mem_init")
+            if sdram is not None and not isinstance(sdram, dict):
+                raise TypeError(f"sdram must be a dict of SdramController arguments, not {sdram!r}")
+            ctrl = SdramController(lanes=lanes, clk_hz=clk_hz, **(sdram or {}))
+            if ctrl.depth > 1 << 24:
+                raise ValueError(f"the SDRAM holds {ctrl.depth} words; the board supports 2**24")
+            mem_depth = ctrl.depth
+        self._memory_kind = memory
         if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) or timeout_ms < 0:
             raise ValueError(f"timeout_ms must be a non-negative number, not {timeout_ms!r}")
         self._timeout_ms = timeout_ms
         self.accel = Accelerator(pes=pes, lanes=lanes, **accel_kwargs)
         self.rx_uart = UartRx(clk_hz=clk_hz, baud=baud)
         self.tx_uart = UartTx(clk_hz=clk_hz, baud=baud)
-        self.memory = BlockRamMemory(lanes=lanes, depth=mem_depth, init=mem_init)
+        self.memory = (BlockRamMemory(lanes=lanes, depth=mem_depth, init=mem_init)
+                       if memory == "bram" else ctrl)
         self.bridge = HostBridge(lanes=lanes, mem_depth=mem_depth,
                                  timeout=round(clk_hz * timeout_ms / 1000))
         # Initiator 0 is the accelerator, 1 the host: the order only decides the first grant.
-        self.arbiter = MemArbiter(lanes=lanes, initiators=2, max_reads=8)
-        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "link_error": Out(1)})
+        # The SDRAM answers a read L/2 + CL + 3 cycles after taking it: more reads in flight.
+        self.arbiter = MemArbiter(lanes=lanes, initiators=2,
+                                  max_reads=8 if memory == "bram" else 16)
+        ports = {"rx": In(1, init=1), "tx": Out(1, init=1), "link_error": Out(1)}
+        if memory == "sdram":
+            ports["sdram"] = Out(sdram_pins_signature(addr_bits=len(ctrl.sdram.a),
+                                                      ba_bits=len(ctrl.sdram.ba)))
+        super().__init__(ports)
 
     clk_hz = property(lambda self: self.rx_uart.clk_hz)
     baud = property(lambda self: self.rx_uart.baud)
     divisor = property(lambda self: self.rx_uart.divisor, doc="Clock cycles per UART bit.")
     mem_depth = property(lambda self: self.memory.depth)
+    memory_kind = property(lambda self: self._memory_kind, doc='"bram" or "sdram".')
     timeout_ms = property(lambda self: self._timeout_ms)
     pes = property(lambda self: self.accel.pes)
     lanes = property(lambda self: self.accel.lanes)
@@ -338,14 +374,21 @@ class BoardTop(wiring.Component):
             self.link_error.eq(rxu.frame_error | rxu.overrun),
             rx_fifo.w_data.eq(rxu.o.payload), rx_fifo.w_en.eq(rxu.o.valid),
             rxu.o.ready.eq(rx_fifo.w_rdy),
-            br.i.payload.eq(rx_fifo.r_data), br.i.valid.eq(rx_fifo.r_rdy),
-            rx_fifo.r_en.eq(br.i.ready),
+            br.i.payload.eq(rx_fifo.r_data),
         ]
+        # No command starts before the memory can take requests (the SDRAM's 200 µs
+        # initialization after reset): a MEM_WRITE stalled behind it would overflow the FIFO.
+        # The host, waiting for each reply, sends nothing else meanwhile.
+        mem_ready = mem.ready if self._memory_kind == "sdram" else 1
+        m.d.comb += [br.i.valid.eq(rx_fifo.r_rdy & mem_ready),
+                     rx_fifo.r_en.eq(br.i.ready & mem_ready)]
         connect(m, br.o, txu.i)
         connect(m, br.csr, acc.bus)
         connect(m, acc.mem, arb.initiators[0])
         connect(m, br.mem, arb.initiators[1])
         connect(m, arb.target, mem.bus)
+        if self._memory_kind == "sdram":
+            connect(m, mem.sdram, wiring.flipped(self.sdram))
         return m
 
 
@@ -357,7 +400,8 @@ class BoardPins(Elaboratable):
     own ``sync`` has no reset, which the DSP primitives need; 40–85 µs also covers the iCE40
     block RAMs reading 0 for ≈ 3 µs after configuration). Pins: UART 0; LED 0 heartbeat
     (≈ 1.5 Hz: clock running, bitstream loaded) and LED 1 (lit ≈ 0.1 s after a UART framing
-    error or dropped byte) when the board has them.
+    error or dropped byte) when the board has them. With ``memory="sdram"``: the ``sdram``
+    resource (its clock the inverted system clock through a DDR output).
     """
 
     #: log₂ of the power-on reset length in clock cycles.
@@ -380,6 +424,19 @@ class BoardPins(Elaboratable):
             m.d.por += por.eq(por + 1)
         m.d.comb += [ClockSignal("sync").eq(clk.i), ClockSignal("por").eq(clk.i),
                      ResetSignal("sync").eq(~por[-1])]
+
+        if top.memory_kind == "sdram":
+            # The chip's clock is the inverted system clock (a DDR output: 0 then 1), so the chip
+            # samples the controller's registered outputs in the middle of their cycle.
+            sd = platform.request("sdram", 0, xdr={"clk": 2})
+            pins = top.sdram
+            m.d.comb += [
+                sd.clk.o_clk.eq(ClockSignal("sync")), sd.clk.o0.eq(0), sd.clk.o1.eq(1),
+                sd.clk_en.o.eq(pins.clk_en), sd.cs.o.eq(pins.cs), sd.ras.o.eq(pins.ras),
+                sd.cas.o.eq(pins.cas), sd.we.o.eq(pins.we), sd.ba.o.eq(pins.ba),
+                sd.a.o.eq(pins.a), sd.dqm.o.eq(pins.dqm),
+                sd.dq.o.eq(pins.dq_o), sd.dq.oe.eq(pins.dq_oe), pins.dq_i.eq(sd.dq.i),
+            ]
 
         uart = platform.request("uart", 0)
         m.d.comb += [top.rx.eq(uart.rx.i), uart.tx.o.eq(top.tx)]

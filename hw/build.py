@@ -95,6 +95,9 @@ def _parser():
                        help="a power of two (default: the board's; see hw.generate)")
     p.add_argument("--mem-depth", metavar="N",
                    help="ext-memory words of L bytes in block RAM, a power of two (default: the board's)")
+    p.add_argument("--memory", default="bram", choices=("bram", "sdram"),
+                   help="ext memory: block RAM (default) or the board's SDRAM (ulx3s-85f; "
+                        "hw.sdram.SdramController, 32 MB)")
     p.add_argument("--baud", default="115200", help="UART bit rate (default 115200)")
     p.add_argument("--seed", default="1", help="nextpnr placement seed (default 1)")
     p.add_argument("--router", default="router1", choices=("router1", "router2"),
@@ -163,8 +166,8 @@ def _raise_clock_constraint(work, family, target_mhz):
     path.write_text(text)
 
 
-def build(board, *, params=None, mem_depth=None, baud=115_200, seed=1, target_mhz=None, router="router1",
-          out_dir=None, timeout_s=7200):
+def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, seed=1, target_mhz=None,
+          router="router1", out_dir=None, timeout_s=7200):
     """Build ``board`` (a key of :data:`BOARDS`) with Accelerator ``params`` (board defaults
     for missing keys); return the report dict (also written to ``report.json``).
 
@@ -172,7 +175,9 @@ def build(board, *, params=None, mem_depth=None, baud=115_200, seed=1, target_mh
     (the clock constraint in the constraint file is raised; the result is accepted if the
     board clock itself is met), so that ``fmax_mhz`` shows what the design can reach rather
     than what a relaxed placement happened to give. ``router``: nextpnr's ``router1``
-    (default) or ``router2`` (which converged worse on these builds, see docs/board.md)."""
+    (default) or ``router2`` (which converged worse on these builds, see docs/board.md).
+    ``memory="sdram"``: the ext memory is the board's SDRAM (``hw.sdram``), ``mem_depth`` the
+    chip's."""
     from .board import BoardPins, BoardTop
 
     if board not in BOARDS:
@@ -180,12 +185,24 @@ def build(board, *, params=None, mem_depth=None, baud=115_200, seed=1, target_mh
     spec = BOARDS[board]
     full = {**spec.params, **(params or {})}
     check_params(**full)
-    mem_depth = spec.mem_depth if mem_depth is None else mem_depth
     platform = _platform(board)
     clk_hz = int(platform.default_clk_frequency)
-    top = BoardTop(clk_hz=clk_hz, baud=baud, mem_depth=mem_depth, **full)
+    if memory == "sdram":
+        if mem_depth is not None:
+            raise ValueError("--mem-depth does not apply to --memory sdram (the chip's size)")
+        if not any(r.name == "sdram" for r in platform.resources.values()):
+            raise ValueError(f"--memory sdram: the {board} has no SDRAM")
+        top = BoardTop(clk_hz=clk_hz, baud=baud, memory="sdram", **full)
+        mem_depth = top.mem_depth
+    elif memory == "bram":
+        mem_depth = spec.mem_depth if mem_depth is None else mem_depth
+        top = BoardTop(clk_hz=clk_hz, baud=baud, mem_depth=mem_depth, **full)
+    else:
+        raise ValueError(f"--memory must be bram or sdram, not {memory!r}")
     P, L = full["pes"], full["lanes"]
-    work = (Path(out_dir) if out_dir else BUILD_DIR / "board" / f"{board}_p{P}_l{L}").resolve()
+    suffix = "_sdram" if memory == "sdram" else ""
+    work = (Path(out_dir) if out_dir else
+            BUILD_DIR / "board" / f"{board}_p{P}_l{L}{suffix}").resolve()
     work.mkdir(parents=True, exist_ok=True)
     for stale in ("top.json", "report.json", "nextpnr_report.json", "stat.json", "top.config", "top.bit",
                   "top.asc", "top.bin"):
@@ -250,7 +267,7 @@ def build(board, *, params=None, mem_depth=None, baud=115_200, seed=1, target_mh
         "critical_path": critical_path_summary(paths[0]) if paths else "no clocked path",
         "utilization": {k: v["used"] for k, v in report.get("utilization", {}).items() if v.get("used")},
         "cells": cells,
-        "params": {**full, "mem_depth": mem_depth, "baud": baud, "clk_hz": clk_hz, "seed": seed,
+        "params": {**full, "mem_depth": mem_depth, "memory": memory, "baud": baud, "clk_hz": clk_hz, "seed": seed,
                    "target_mhz": target_mhz, "router": router},
         "bitstream": str(bit) if bit.exists() else None,
         "seconds": round(time.monotonic() - t0, 1),
@@ -286,7 +303,8 @@ def main(argv=None):
             raise ValueError(f"--mem-depth must be a power of two ≥ 16, not {mem_depth}")
         from .uart import uart_divisor
         uart_divisor(int(_platform(args.board).default_clk_frequency), baud)
-        result = build(args.board, params=params, mem_depth=mem_depth, baud=baud, seed=seed,
+        result = build(args.board, params=params, mem_depth=mem_depth, memory=args.memory,
+                       baud=baud, seed=seed,
                        target_mhz=target, router=args.router, out_dir=args.out_dir)
     except (ValueError, TypeError) as e:
         msg = str(e)
@@ -298,7 +316,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     p = result["params"]
-    print(f"{args.board}: P={p['pes']} L={p['lanes']} mem {p['mem_depth']} words, "
+    print(f"{args.board}: P={p['pes']} L={p['lanes']} mem {p['mem_depth']} words ({p['memory']}), "
           f"Fmax {result['fmax_mhz']:.1f} MHz (clock {result['clock_mhz']:g} MHz), "
           f"{result['luts']} LUT, {result['ffs']} FF, {result['dsps']} DSP, {result['brams']} BRAM, "
           f"{result['seconds']:.0f} s")

@@ -444,3 +444,73 @@ def run_job(job, backend, *, max_cycles=None):
 
 
 __all__ += ["emit_verilog", "build_harness", "fst_available"]
+
+
+# --------------------------------------------------------------------------------------------
+# The board top (hw.board.BoardTop) under Verilator, driven through its UART pins
+
+BOARD_HARNESS = ROOT / "tb" / "verilator" / "board_harness.cpp"
+BOARD_TOP_NAME = "kwt_board"
+
+
+def build_board_harness(*, trace=False, **top_kwargs):
+    """Build (or reuse) ``tb/verilator/board_harness.cpp`` around a ``hw.board.BoardTop(**top_kwargs)``
+    and return the binary's path (``build/verilator/board_<hash>/harness``; rebuilt only when
+    ``hw/*.py``, the harness or the arguments change). ``trace``: a binary that can write a VCD
+    (``--trace FILE``). Raises :class:`SimulationError` when Verilator fails."""
+    from hw.board import BoardTop
+    from tb.runner import _env_with_verilator, emit, verilator_path
+
+    harness_files = sorted((ROOT / "tb" / "verilator").glob("*"))
+    key_src = json.dumps({k: v for k, v in sorted(top_kwargs.items()) if k != "mem_init"},
+                         default=str) + str(bool(trace)) + MAKEFLAGS
+    h = hashlib.sha256(_hw_sources_digest(BoardTop).encode() + key_src.encode()
+                       + b"".join(p.read_bytes() for p in harness_files if p.is_file())
+                       ).hexdigest()[:16]
+    work = BUILD_ROOT / f"board_{h}"
+    exe = work / "harness"
+    if h in _FAILED_BUILDS:
+        raise SimulationError(_FAILED_BUILDS[h])
+    with _locked(BUILD_ROOT / f".board_{h}.lock"):
+        if exe.exists():
+            return exe
+        top = BoardTop(**top_kwargs)      # checks the arguments before anything is built
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        print(f"building the Verilator model of the board top ({top_kwargs.get('pes')} PE, "
+              f"L = {top.lanes}, {top.mem_depth} memory words; once per configuration and "
+              f"source digest, 1–4 min) into {work}", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        vpath = emit(top, BOARD_TOP_NAME, work)
+        sdram = top_kwargs.get("memory", "bram") == "sdram"
+        defs = {"TOP_HEADER": f'"V{BOARD_TOP_NAME}.h"', "TOP_CLASS": f"V{BOARD_TOP_NAME}",
+                "DIVISOR": top.divisor}
+        if sdram:
+            c = top.memory               # the C++ model takes the controller's own figures
+            defs.update(SDRAM_MODEL=1, SDRAM_ROWS=c.rows, SDRAM_COLS=c.cols, SDRAM_BANKS=c.banks,
+                        SDRAM_INIT_CYCLES=c.init_cycles, SDRAM_INIT_REFRESH=c.init_refresh,
+                        SDRAM_REFI=c.refresh_interval,
+                        **{f"T_{k[1:]}": v for k, v in c.timing_cycles.items()})
+        (work / "board_config.h").write_text("".join(f"#define {k} {v}\n" for k, v in defs.items()))
+        (work / "config.json").write_text(json.dumps(
+            {"top": {k: v for k, v in top_kwargs.items() if k != "mem_init"}}, default=str, indent=1))
+        flags = ["--cc", "--exe", "--build", "-O3", "-Wno-fatal", "--top-module", BOARD_TOP_NAME,
+                 "--output-split-cfuncs", "1000"] + (["--trace"] if trace else [])
+        cmd = [str(verilator_path() / "verilator"), *flags, "-j", str(os.cpu_count() or 2),
+               "-MAKEFLAGS", MAKEFLAGS, "-Mdir", str(work / "obj"), "-o", str(exe),
+               "-CFLAGS", f"-I{work} -I{BOARD_HARNESS.parent}", str(vpath), str(BOARD_HARNESS)]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=_env_with_verilator())
+        (work / "build.log").write_text(res.stdout + res.stderr)
+        if res.returncode != 0 or not exe.exists():
+            tail = "\n".join(line for line in (res.stdout + res.stderr).splitlines()
+                             if "%Warning" not in line and not line.startswith((" ", "\t")))
+            msg = f"verilator build of the board top failed (log {work / 'build.log'}):\n" + \
+                "\n".join(tail.splitlines()[-15:])
+            _FAILED_BUILDS[h] = msg
+            raise SimulationError(msg)
+        (work / "build_time.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
+        shutil.rmtree(work / "obj", ignore_errors=True)
+    return exe
+
+
+__all__ += ["build_board_harness"]

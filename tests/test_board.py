@@ -184,6 +184,35 @@ def test_matmul_job_through_uart():
     assert out["cycles"] < 1000 and cycles < 25_000
 
 
+def test_sdram_board_through_uart():
+    """BoardTop(memory="sdram") with the behavioural SDRAM (every timing rule checked) on its
+    sdram pins: INFO reports the chip's size, a memory round trip across a row and bank
+    boundary over the UART (the whole matmul job with SDRAM runs on Verilator:
+    tests/test_board_verilator.py)."""
+    from tb.sdram_model import SdramModel
+    top = BoardTop(clk_hz=CLK, baud=BAUD, memory="sdram", pes=1, lanes=4,
+                   sdram={"rows": 16, "cols": 16}, **SMALL)
+    assert top.memory_kind == "sdram" and top.mem_depth == 8 * 4 * 16
+    model = SdramModel(top.memory, pins=top.sdram)
+    words = np.random.default_rng(3).integers(0, 256, (4, 4), dtype=np.uint8)
+
+    def ops():
+        out = {"info": (yield host.info())}
+        yield from host.write_words_ops(30, words)       # rows of 8 words: bank 3 → bank 0
+        out["back"] = yield from host.read_words_ops(30, 4, 4)
+        return out
+
+    out, _ = host.run_on_sim(top, ops(), max_cycles=20_000, background=[model.process])
+    assert out["info"] == host.BoardInfo(1, 4, 512)
+    assert out["back"].tolist() == words.tolist()
+    want = [int.from_bytes(bytes(w), "little") for w in words]
+    assert model.words(30, 4) == want and model.refreshes > 30
+    with pytest.raises(TypeError, match="no mem_depth"):
+        BoardTop(clk_hz=CLK, baud=BAUD, memory="sdram", mem_depth=256, pes=1, lanes=4)
+    with pytest.raises(ValueError, match="memory must be"):
+        BoardTop(clk_hz=CLK, baud=BAUD, memory="dram", mem_depth=256, pes=1, lanes=4)
+
+
 # ------------------------------------------------------------------ python -m hw.build
 @pytest.mark.parametrize("args, message", [
     (["--board", "de10"], "argument --board: invalid choice"),
@@ -192,6 +221,9 @@ def test_matmul_job_through_uart():
     (["--board", "icebreaker", "--mem-depth", "1000"], "--mem-depth must be a power of two ≥ 16, not 1000"),
     (["--board", "icebreaker", "--baud", "6000000"], "too fast"),
     (["--board", "ulx3s-85f", "--amem-depth", "x"], "--amem-depth must be an integer, not 'x'"),
+    (["--board", "icebreaker", "--memory", "sdram"], "the icebreaker has no SDRAM"),
+    (["--board", "ulx3s-85f", "--memory", "sdram", "--mem-depth", "4096"], "does not apply"),
+    (["--board", "ulx3s-85f", "--memory", "flash"], "argument --memory: invalid choice"),
 ])
 def test_build_bad_arguments_exit_2(args, message, capsys):
     from hw.build import main
