@@ -30,7 +30,8 @@ from hw.isa import Dst, Op, Sat
 
 from .errors import InputError
 from .golden.fixed import INT8, INT9, INT16, INT32
-from .program import (LOAD_OPS, MAX_ROW_K, ROW_OPS, RS_ENTRIES, TABLE_ENTRIES, AccelConfig, Assembler,
+from .program import (LOAD_OPS, MAX_ROW_K, ROW_OPS, RS_ENTRIES, TABLE_ENTRIES, AccelConfig,
+                      Assembler,
                       CostModel, ImageBuilder, Job, OutputBlock, _ceil, a_words, accesses,
                       b_words, c_words, lag_of, param_words, t_words, w_delta_words)
 
@@ -909,7 +910,8 @@ def lower_layer(b, lay, layer, *, rows, heads, name, out):
     ``out``: where LN2 writes (``dict(dst=…, out_base=…, out_stride=…)``)."""
     if getattr(layer, "linear", False):
         lower_linear_attention(b, lay, rows=rows, wqkv=layer.wqkv, m_qkv=layer.m_qkv,
-                               sh_qkv=layer.sh_qkv, phi_q=layer.phi_q, phi_k=layer.phi_k, m_t=layer.m_t,
+                               sh_qkv=layer.sh_qkv, phi_q=layer.phi_q, phi_k=layer.phi_k,
+                               m_t=layer.m_t,
                                sh_t=layer.sh_t, m_l=layer.m_l, sh_l=layer.sh_l, x_base=lay.XA,
                                name=name)
     else:
@@ -1294,7 +1296,8 @@ def attention_job(q, k, v, c_e, sh_e, m_a, sh_a, *, config=None, pes=None, lanes
 
 def linear_attention_job(q, k, v, lut_q, lut_k, m_t, sh_t, m_l, sh_l, *, config=None,
                          pes=None, lanes=None):
-    """One linear-attention head (golden :func:`sim.golden.linear_attention`): int8 q, k (N × d) and v (N × dv) → int9 (N × dv). q and k are A
+    """One linear-attention head (golden :func:`sim.golden.linear_attention`): int8 q, k
+    (N × d) and v (N × dv) → int9 (N × dv). q and k are A
     operands (LOAD_A); φ is applied by the ACT epilogue of a MATMUL with the d × d identity
     (φq → AMEM, φkᵀ → AMEM_T); [v | 1] is a B operand. AMEM: q, k, φq, φkᵀ; BBUF: the T8 slot,
     then the ring; CMEM: the denominators, then the output."""
