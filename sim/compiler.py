@@ -807,12 +807,12 @@ def lower_linear_attention(b, lay, *, rows, wqkv, m_qkv, sh_qkv, phi_q, phi_k, m
     weight_matmul(b, f"{name}.wq", wq.T, params=(0, m_qkv[:D], sh_qkv[:D]), rows=rows,
                   a_base=x_base, a_stride=Dp, dst=Dst.AMEM, out_base=lay.WA, out_stride=Dp,
                   sat=Sat.INT8, act=True, t=t_q)
+    if len(b.col_groups(D, d)) > 1:     # AMEM_T places columns from 0: one group per head
+        raise InputError(f"{name}: one head's K projection ({D}×{d}) must fit half the "
+                         f"BBUF weight ring")
     dt, lane = d // L, d % L           # the denominator column: tile dt, lane
     for h in range(H):
         c0, c1 = h * d, (h + 1) * d
-        if len(b.col_groups(D, d)) > 1:
-            raise InputError(f"{name}: one head's K projection ({D}×{d}) must fit half the "
-                             f"BBUF weight ring")
         weight_matmul(b, f"{name}.wk{h}", wk[c0:c1].T,
                       params=(0, m_qkv[D + c0:D + c1], sh_qkv[D + c0:D + c1]), rows=N,
                       a_base=x_base, a_stride=Dp, dst=Dst.AMEM_T, out_base=lay.KA,
@@ -1258,19 +1258,24 @@ def layernorm_job(h, ln, *, config=None, pes=None, lanes=None):
     return b.build(shape=(M, D))
 
 
+def _head_operands(q, k, v):
+    """int8 q, k (N × d) and v (N × dv) of one attention head, checked."""
+    q = _int_array(q, "q", *INT8, ndim=2)
+    k = _int_array(k, "k", *INT8, shape=q.shape)
+    v = _int_array(v, "v", *INT8, ndim=2)
+    if v.shape[0] != q.shape[0]:
+        raise InputError(f"v has {v.shape[0]} rows, q and k have {q.shape[0]}")
+    return q, k, v
+
+
 def attention_job(q, k, v, c_e, sh_e, m_a, sh_a, *, config=None, pes=None, lanes=None):
     """One head (golden :func:`sim.golden.attention`): int8 q, k (N × d) and v (N × dv) →
     int9 (N × dv). q is the A operand (LOAD_A); kᵀ and v are B operands, loaded as they are.
     AMEM: q, then the weights; CMEM: the scores, then the output."""
     cfg = make_config(config, pes, lanes)
     L, P = cfg.lanes, cfg.pes
-    q = _int_array(q, "q", *INT8, ndim=2)
-    k = _int_array(k, "k", *INT8, shape=q.shape)
-    v = _int_array(v, "v", *INT8, ndim=2)
-    N, d = q.shape
-    if v.shape[0] != N:
-        raise InputError(f"v has {v.shape[0]} rows, q and k have {N}")
-    dv = v.shape[1]
+    q, k, v = _head_operands(q, k, v)
+    (N, d), dv = q.shape, v.shape[1]
     if N > MAX_ROW_K:
         raise InputError(f"{N} tokens: a softmax row holds at most {MAX_ROW_K}")
     R, dp, dvp = _ceil(N, P), _pad(d, L), _pad(dv, L)
@@ -1297,19 +1302,13 @@ def attention_job(q, k, v, c_e, sh_e, m_a, sh_a, *, config=None, pes=None, lanes
 def linear_attention_job(q, k, v, lut_q, lut_k, m_t, sh_t, m_l, sh_l, *, config=None,
                          pes=None, lanes=None):
     """One linear-attention head (golden :func:`sim.golden.linear_attention`): int8 q, k
-    (N × d) and v (N × dv) → int9 (N × dv). q and k are A
-    operands (LOAD_A); φ is applied by the ACT epilogue of a MATMUL with the d × d identity
+    (N × d) and v (N × dv) → int9 (N × dv). q and k are A operands (LOAD_A); φ is applied by the ACT epilogue of a MATMUL with the d × d identity
     (φq → AMEM, φkᵀ → AMEM_T); [v | 1] is a B operand. AMEM: q, k, φq, φkᵀ; BBUF: the T8 slot,
     then the ring; CMEM: the denominators, then the output."""
     cfg = make_config(config, pes, lanes)
     L, P = cfg.lanes, cfg.pes
-    q = _int_array(q, "q", *INT8, ndim=2)
-    k = _int_array(k, "k", *INT8, shape=q.shape)
-    v = _int_array(v, "v", *INT8, ndim=2)
-    N, d = q.shape
-    if v.shape[0] != N:
-        raise InputError(f"v has {v.shape[0]} rows, q and k have {N}")
-    dv = v.shape[1]
+    q, k, v = _head_operands(q, k, v)
+    (N, d), dv = q.shape, v.shape[1]
     R, dp, Np, dvp = _ceil(N, P), _pad(d, L), _pad(N, L), _pad(dv, L)
     t1 = _ceil(dv + 1, L)
     if R > RS_ENTRIES:

@@ -185,12 +185,18 @@ def _layernorm_op(arrays, cfg):
     return layernorm_job(h, ln, config=cfg), gold, s_out, ref, dict(s_h=s_h)
 
 
-def _attention_op(arrays, cfg):
+def _float_head(arrays):
+    """Float q, k (N × d) and v (N × dv) of one attention head, checked."""
     q = _float(arrays, "q", ndim=2)
     k = _float(arrays, "k", shape=q.shape)
     v = _float(arrays, "v", ndim=2)
     if v.shape[0] != q.shape[0]:
         raise InputError(f"v has {v.shape[0]} rows, q and k have {q.shape[0]}")
+    return q, k, v
+
+
+def _attention_op(arrays, cfg):
+    q, k, v = _float_head(arrays)
     scale = _scalar(arrays, "scale", q.shape[1] ** -0.5)
     ref = _softmax(q @ k.T * scale) @ v
     alpha = _qk_balance(np.abs(q).max(axis=0), np.abs(k).max(axis=0))   # q·kᵀ = (qα)(k/α)ᵀ
@@ -207,11 +213,7 @@ def _attention_op(arrays, cfg):
 
 
 def _linear_attention_op(arrays, cfg):
-    q = _float(arrays, "q", ndim=2)
-    k = _float(arrays, "k", shape=q.shape)
-    v = _float(arrays, "v", ndim=2)
-    if v.shape[0] != q.shape[0]:
-        raise InputError(f"v has {v.shape[0]} rows, q and k have {q.shape[0]}")
+    q, k, v = _float_head(arrays)
     tr = {}
     ref = linear_attention_float(q, k, v, tr.__setitem__)
     s_q, s_k = _scale8(np.abs(q).max()), _scale8(np.abs(k).max())

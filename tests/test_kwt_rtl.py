@@ -124,7 +124,6 @@ def test_op_verilator(name):
 @pytest.fixture(scope="module")
 def kwt1_linear():
     """KWT-1 with linear attention in layers 1 and 11, calibrated on the shipped clips."""
-    from sim.kwt_float import kwt_forward  # noqa: F401  (calibrate runs it)
     from sim.paths import repo_root
     from sim.quantize import calibrate, quantize_kwt, with_linear_layers
     from sim.tflite_import import load_float_npz

@@ -13,12 +13,11 @@ from sim.golden import kwt, linear_attention, linear_mha
 from sim.golden.delta_kwt import kwt_delta
 from sim.kwt_float import kwt_forward, linear_attention_float
 from sim.mfcc import mfcc
-from sim.paths import shipped_clips_dir
+from sim.paths import repo_root, shipped_clips_dir
 from sim.program import AccelConfig, interpret
 from sim.qmodel import load_qmodel, save_qmodel
 from sim.quantize import calibrate, quantize_kwt, with_linear_layers
 from sim.tflite_import import load_float_npz
-from sim.paths import repo_root
 from sim.wav import list_dataset, read_wav
 
 from .test_compiler import random_float_kwt
