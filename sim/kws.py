@@ -67,6 +67,7 @@ class _Accel:
         self.config = config
         self.programs = KwtPrograms(self.model, config, **compile_kw)
         self.backend = None
+        self.waves = None          # per clip: the wave file the next run writes (or None)
         if name in ("amaranth", "verilator"):
             from .backends import get_backend
             self.backend = get_backend(name)
@@ -95,11 +96,30 @@ class _Accel:
             if self.name == "golden":
                 row, counters = q[n], None
             else:
+                waves = self._wave_path()
                 res, counters, _ = run_compiled(job, self.backend or "interp")
                 row = res[0]
             out.append({"logits": (row * self.scale).tolist(), "logits_int": row.tolist(),
                         **self._figures(job, counters)})
+            if self.name != "golden" and waves:
+                out[-1]["waves"] = str(waves)
         return out
+
+    def _wave_path(self):
+        """Point the backend at the next clip's wave file (``self.waves``: paths still to
+        write, one per clip); return the file it will write."""
+        if self.backend is None or not self.waves:
+            return None
+        path = Path(self.waves.pop(0))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if self.name == "verilator":
+            from .backends import fst_available
+            path = path.with_suffix(".fst" if fst_available() else ".vcd")
+            self.backend.trace = path
+        else:
+            path = path.with_suffix(".vcd")
+            self.backend.vcd = path
+        return path
 
 
 class _Delta:
@@ -240,6 +260,12 @@ def _select(items, limit, seed=0):
 
 def cmd_predict(args, backend):
     paths = [Path(p) for p in args.wav]
+    if args.waves is not None:
+        if getattr(backend, "backend", None) is None:
+            raise InputError("--waves needs a hardware backend (amaranth or verilator)")
+        folder = Path(args.waves or repo_root() / "build" / "waves")
+        # one file per clip, numbered so that equal file names in different folders differ
+        backend.waves = [folder / f"kws_{i}_{p.stem}" for i, p in enumerate(paths)]
     # a simulated-hardware run takes seconds per clip: show progress from two clips on
     results = _run_all(backend, paths,
                        progress=len(paths) > (1 if _is_simulated(backend) else BATCH))
@@ -344,6 +370,10 @@ def main(argv=None):
                         "ffn2 (needs --amem-depth 16384 for KWT-1 at P = 8)")
     p = sub.add_parser("predict", parents=[common], help="label and logits for each wav file")
     p.add_argument("wav", nargs="+")
+    p.add_argument("--waves", nargs="?", const="", default=None, metavar="DIR",
+                   help="write the waves of each clip's run into DIR (default build/waves): "
+                   "kws_<n>_<name>.fst (verilator; VCD without lz4) or .vcd (amaranth); a whole "
+                   "KWT-1 inference is ≈ 0.67 M cycles of the whole design: expect large files")
     e = sub.add_parser("eval", parents=[common], help="top-1 accuracy over a folder with one subfolder per label")
     e.add_argument("dir")
     e.add_argument("--limit", type=int, default=None, help="evaluate N clips (fixed pseudo-random choice)")

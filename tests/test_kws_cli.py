@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +157,35 @@ def test_delta_threshold_on_the_compiled_program(capsys):
 def test_bad_delta_threshold_is_a_clear_error(args, message):
     r = run_cli("predict", CLIPS[0], *args)
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_waves_need_a_hardware_backend():
+    res = run_cli("predict", CLIPS[0], "--waves")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == \
+        "error: --waves needs a hardware backend (amaranth or verilator)"
+
+
+@pytest.mark.slow
+def test_waves_one_file_per_clip_verilator(tmp_path):
+    """A 1-layer KWT-1 at P = 4 on Verilator: `--waves DIR` writes one non-empty wave file per
+    clip, named after it, and the run's JSON names it."""
+    from sim.backends import hardware_status
+    from sim.kws import DEFAULT_MODEL
+    ok, why = hardware_status()
+    if not ok:
+        pytest.skip(why)
+    from sim.qmodel import load_qmodel, save_qmodel
+    model = load_qmodel(DEFAULT_MODEL)
+    small = type(model)(**{**model.__dict__, "layers": model.layers[:1],
+                           "config": {**model.config, "num_layers": 1}})
+    save_qmodel(small, tmp_path / "one_layer.npz")
+    res = run_cli("predict", *CLIPS[:2], "--backend", "verilator", "--pes", "4", "--json",
+                  "--model", tmp_path / "one_layer.npz", "--waves", tmp_path / "w")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    files = sorted((tmp_path / "w").iterdir())
+    assert [Path(o["waves"]) for o in out] == files and len(files) == 2
+    for i, (o, clip) in enumerate(zip(out, CLIPS)):
+        assert Path(o["waves"]).stem == f"kws_{i}_{clip.stem}"
+        assert Path(o["waves"]).stat().st_size > 1000
