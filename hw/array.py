@@ -617,7 +617,6 @@ class PEArray(wiring.Component):
         m.d.comb += [self.amem_w.ready.eq(~drain_amem & ~rw_amem & ~wb_amem & ~dw_amem),
                      self.cmem_w.ready.eq(c_dma), self.table_w.ready.eq(1)]
         aw, cwp, tw = self.amem_w.payload, self.cmem_w.payload, self.table_w.payload
-        is_ln = rseq.rop.op == RowOp.LAYERNORM
         for p, pe in enumerate(pes):
             dma_pe = is_zero(aw.pe) if p == 0 else aw.pe == p
             dmac_pe = is_zero(cwp.pe) if p == 0 else cwp.pe == p
@@ -630,9 +629,9 @@ class PEArray(wiring.Component):
                 # (the drain metadata keeps the last tile's flags after it: gate with valid)
                 pe.bias.eq(Mux(meta[3].valid & meta[3].delta, dbias3[p], bias3)),
                 pe.rscale.eq(mw.rscale),
-                # G of LAYERNORM is signed; every other m is uint16.
+                # G of LAYERNORM (its output elements) is signed; every other m is uint16.
                 pe.m.eq(Mux(mq.valid & mq.delta, dmul4[p],
-                            Mux(row_busy & is_ln, mul4.as_signed(), mul4))),
+                            Mux(row_busy & rseq.pm_sgn, mul4.as_signed(), mul4))),
                 pe.sh.eq(Mux(mq.valid & mq.delta, dsh4[p], sh4)),
                 pe.sat.eq(mq.sat), pe.relu.eq(mq.relu),
                 pe.act.eq(ma.valid & ma.act), pe.act_sel.eq(ma.act_sel),

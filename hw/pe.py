@@ -195,16 +195,20 @@ def row_ctl_layout():
     """One row-unit element as it passes a pipeline stage (the array broadcasts it to every PE).
     ``par``: parity of the element's local row (selects the double-buffered row constants);
     ``acc``: the element updates the statistic of this stage (decoded by the sequencer: see
-    :class:`hw.rowunit.RowSequencer`)."""
+    :class:`hw.rowunit.RowSequencer`); ``row``: the low bits of its local row (LAYERNORM RES
+    keeps its row constants in a table)."""
     return data.StructLayout({"valid": unsigned(1), "first": unsigned(1), "last": unsigned(1),
-                              "kind": unsigned(2), "par": unsigned(1), "acc": unsigned(1)})
+                              "kind": unsigned(2), "par": unsigned(1), "acc": unsigned(1),
+                              "row": unsigned(4)})
 
 
 def row_op_layout():
     """The running row operation, constant while it runs: ``imm`` (SOFTMAX: c_e = imm[15:0],
     sh_e = imm[21:16]; LAYERNORM: r_D = imm[24:0]), ``eps`` (LAYERNORM: E, 40 bits), ``k`` (row
-    length 1…1024), ``sat`` (``hw.isa.Sat`` of LAYERNORM and RADD results)."""
-    return data.StructLayout({"op": unsigned(2), "norm": unsigned(1), "imm": unsigned(32),
+    length 1…1024), ``sat`` (``hw.isa.Sat`` of LAYERNORM and RADD results), ``res``
+    (LAYERNORM with the fused residual add, flag RES)."""
+    return data.StructLayout({"op": unsigned(2), "norm": unsigned(1), "res": unsigned(1),
+                              "imm": unsigned(32),
                               "eps": unsigned(40), "k": unsigned(11), "sat": unsigned(2)})
 
 

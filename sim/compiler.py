@@ -30,8 +30,8 @@ from hw.isa import Dst, Op, Sat
 
 from .errors import InputError
 from .golden.fixed import INT8, INT9, INT16, INT32
-from .program import (LOAD_OPS, MAX_ROW_K, ROW_OPS, RS_ENTRIES, TABLE_ENTRIES, AccelConfig,
-                      Assembler,
+from .program import (LOAD_OPS, MAX_ROW_K, RES_ROWS, ROW_OPS, RS_ENTRIES, TABLE_ENTRIES,
+                      AccelConfig, Assembler,
                       CostModel, ImageBuilder, Job, OutputBlock, _ceil, a_words, accesses,
                       b_words, c_words, lag_of, param_words, t_words, w_delta_words)
 
@@ -868,18 +868,46 @@ def lower_out_proj(b, lay, *, rows, wo, bo, m_o, sh_o, name):
 
 
 def lower_residual_norm(b, lay, *, rows, x_base, m_r, sh_r, ln, out, name):
-    """RADD (CMEM HC += x·m_r ≫ sh_r, int16) then LAYERNORM → ``out`` (int9)."""
-    D, Dp = lay.D, lay.Dp
+    """CMEM HC += x·m_r ≫ sh_r (int16, in place), then the LayerNorm of HC → ``out`` (int9):
+    one LAYERNORM with the fused residual add (RES) per RES_ROWS local rows, its PBUF item
+    G, B, sh_o then m_r, sh_r; RADD then LAYERNORM when its 2·⌈D/L⌉ tiles take more than a
+    quarter of PBUF (they would crowd the weights' parameters out of the ring)."""
+    D, Dp, P, L = lay.D, lay.Dp, lay.P, lay.L
+    T = _ceil(D, L)
+    if 2 * T <= b.cfg.pbuf_depth // 4:
+        G = _ln_gain(ln, D, name)
+
+        def tile(a):
+            a = np.broadcast_to(np.asarray(a, dtype=np.int64), (D,))
+            return np.concatenate([a, np.zeros(T * L - D, dtype=np.int64)])
+
+        pi = b.p_item(f"{name}.plnr", np.concatenate([tile(ln["B"]), tile(0)]),
+                      np.concatenate([tile(G), tile(m_r)]),
+                      np.concatenate([tile(ln["sh_o"]), tile(sh_r)]), 2 * T * L)
+        step = RES_ROWS * P
+        for r0 in range(0, rows, step):
+            loc = r0 // P              # the piece's first local row
+            b.op("layernorm", p=pi, rows=min(step, rows - r0), k=D, a_base=lay.HC + loc * Dp,
+                 a_stride=Dp, res=True, b_base=x_base + loc * Dp, b_stride=Dp,
+                 r_d=int(ln["r_d"]), E=int(ln["E"]), sat=Sat.INT9, dst=out["dst"],
+                 out_base=out["out_base"] + loc * out["out_stride"],
+                 out_stride=out["out_stride"])
+        return
     b.op("radd", p=b.p_item(f"{name}.pr", 0, m_r, sh_r, D), rows=rows, k=D, a_base=lay.HC,
          a_stride=Dp, b_base=x_base, b_stride=Dp, dst=Dst.CMEM, out_base=lay.HC, out_stride=Dp,
          sat=Sat.INT16)
     _layernorm_op(b, D=D, Dp=Dp, rows=rows, src=lay.HC, ln=ln, out=out, name=name)
 
 
-def _layernorm_op(b, *, D, Dp, rows, src, ln, out, name):
+def _ln_gain(ln, D, name):
     G = np.broadcast_to(np.asarray(ln["G"], dtype=np.int64), (D,))
     if G.min() < -(1 << 15) or G.max() >= 1 << 15:
         raise InputError(f"{name}: LayerNorm G outside int16")
+    return G
+
+
+def _layernorm_op(b, *, D, Dp, rows, src, ln, out, name):
+    G = _ln_gain(ln, D, name)
     b.op("layernorm", p=b.p_item(f"{name}.pln", ln["B"], G, ln["sh_o"], D), rows=rows, k=D,
          a_base=src, a_stride=Dp, r_d=int(ln["r_d"]), E=int(ln["E"]), sat=Sat.INT9, **out)
 

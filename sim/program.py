@@ -33,6 +33,7 @@ import numpy as np
 from hw.isa import INSTR_BITS, Dst, ErrorCode, Flag, Op, Sat, decode, encode
 from hw.array import DELTA_BLOCKS
 from hw.pe import PE
+from hw.rowunit import RowDatapath
 
 from .errors import InputError, KwsError
 from .golden import add as golden_add
@@ -65,6 +66,7 @@ DMATMUL_FLAGS = int(Flag.BIAS | Flag.RELU | Flag.REQ | Flag.ACT)
 ROW_OPS = (Op.SOFTMAX, Op.LAYERNORM, Op.RADD, Op.RECIP)
 LOAD_OPS = (Op.LOAD_A, Op.LOAD_B, Op.LOAD_P, Op.LOAD_C, Op.LOAD_T)
 RS_ENTRIES = 256             # row-scale entries per PE
+RES_ROWS = RowDatapath.RES_ROWS   # local rows of one LAYERNORM RES (its row-constant table)
 TABLE_ENTRIES = 512          # activation table: two tables of 256 int9
 MAX_ROW_K = 1024             # longest row of a row operation
 LAG_MASK = 0xFF              # the load lag: ext_addr[7:0] of MATMUL and the row operations
@@ -73,6 +75,33 @@ LAG_MASK = 0xFF              # the load lag: ext_addr[7:0] of MATMUL and the row
 def lag_of(i):
     """The load lag of a MATMUL / row operation (``ext_addr[7:0]``)."""
     return i["ext_addr"] & LAG_MASK
+
+
+def res_row_span(passes, k):
+    """Cycles from the first to one past the last element of a LAYERNORM RES with ``passes``
+    local rows of k (hw/rowunit.py, *cycle cost*): the statistics passes, their last elements
+    at least LN_DONE + 1 apart; the first output element RES_DELAY + 1 cycles after the last
+    statistics element; output pass r not before its row's job has finished (RES_DONE + 1
+    after the last element of its statistics pass)."""
+    RD = RowDatapath
+    last = [k - 1]
+    for _ in range(1, passes):
+        last.append(last[-1] + max(k, RD.LN_DONE + 1))
+    f = max(last[-1] + RD.RES_DELAY + 1, last[0] + RD.RES_DONE + 1)
+    for r in range(1, passes):
+        f = max(f + k, last[r] + RD.RES_DONE + 1)
+    return f + k
+
+
+def is_res(i):
+    """A LAYERNORM with the fused residual add (flag RES)."""
+    return i["op"] == Op.LAYERNORM and bool(i["flags"] & Flag.RES)
+
+
+def x_stride(i):
+    """The AMEM row stride of the residual's x: RADD ``imm[15:0]``, LAYERNORM RES
+    ``ext_addr[23:8]``."""
+    return (i["ext_addr"] >> 8) & 0xFFFF if is_res(i) else i["imm"] & 0xFFFF
 
 
 # --------------------------------------------------------------------------------------------
@@ -401,15 +430,28 @@ class Assembler:
                           dst=int(Dst.CMEM), ext_addr=self._lag(lag))
 
     def layernorm(self, *, rows, k, a_base=0, a_stride=None, out_base=0, out_stride=None,
-                  dst=Dst.AMEM, p_base=0, r_d, E, sat=Sat.INT9, lag=0):
-        """PBUF tiles ``p_base…``: bias = B_j, m = G_j (signed), sh = the output shift."""
+                  dst=Dst.AMEM, p_base=0, r_d, E, sat=Sat.INT9, lag=0, res=False, b_base=0,
+                  b_stride=None):
+        """PBUF tiles ``p_base…``: bias = B_j, m = G_j (signed), sh = the output shift.
+        ``res``: the fused residual add (flag RES): the source rows first become
+        ``clip(CMEM[a] + rshift_round(AMEM[b]·m, sh), int16)`` (written back in place), with
+        x rows at ``b_base`` (stride ``b_stride``, in ``ext_addr[23:8]``) and m / sh in the
+        ⌈k/L⌉ PBUF tiles after G, B."""
         if not 0 <= int(r_d) < 1 << 25 or not 0 <= int(E) < 1 << 40:
             raise InputError(f"LAYERNORM constants r_D={r_d} (25 bits), E={E} (40 bits)")
+        ext = self._lag(lag)
+        if res:
+            b_stride = k if b_stride is None else b_stride
+            if not 0 <= int(b_stride) < 1 << 16:
+                raise InputError(f"LAYERNORM RES AMEM row stride {b_stride} does not fit 16 "
+                                 f"bits")
+            ext |= int(b_stride) << 8
         return self._emit(Op.LAYERNORM, rows=rows, k=k, a_base=a_base,
                           a_stride=k if a_stride is None else a_stride, dst=int(dst),
                           out_base=out_base, out_stride=k if out_stride is None else out_stride,
                           p_base=p_base, imm=int(r_d), count=int(E) & 0xFFFFFFFF,
-                          tiles=int(E) >> 32, sat=int(_sat(sat)), ext_addr=self._lag(lag))
+                          tiles=int(E) >> 32, sat=int(_sat(sat)), ext_addr=ext,
+                          flags=Flag.RES if res else 0, b_base=b_base if res else 0)
 
     def radd(self, *, rows, k, a_base=0, a_stride=None, b_base=0, b_stride=None, out_base=0,
              out_stride=None, dst=Dst.CMEM, p_base=0, sat=Sat.INT16, lag=0):
@@ -464,7 +506,8 @@ def static_check(i, cfg):
             errs.append((code, f"{what} end {end} > depth {limit}"))
 
     flags = i["flags"]
-    allowed = MATMUL_FLAGS if op == Op.MATMUL else int(Flag.NORM) if op == Op.SOFTMAX else 0
+    allowed = (MATMUL_FLAGS if op == Op.MATMUL else int(Flag.NORM) if op == Op.SOFTMAX
+               else int(Flag.RES) if op == Op.LAYERNORM else 0)
     if op == Op.DMATMUL:
         allowed = DMATMUL_FLAGS
     if flags & ~allowed:
@@ -577,6 +620,9 @@ def static_check(i, cfg):
                 return ErrorCode.BAD_FIELD, "AMEM holds int9: sat INT16 is not allowed"
         if op == Op.SOFTMAX and not flags & Flag.NORM and R > RS_ENTRIES:
             return ErrorCode.BAD_FIELD, f"SOFTMAX with {R} local rows (> {RS_ENTRIES} row scales)"
+        res = op == Op.LAYERNORM and flags & Flag.RES
+        if res and R > RES_ROWS:
+            return ErrorCode.BAD_FIELD, f"LAYERNORM RES with {R} local rows (> {RES_ROWS})"
         if op == Op.RECIP:
             if k != 1 or dst != Dst.CMEM:
                 return ErrorCode.BAD_FIELD, "RECIP: k must be 1 and dst CMEM (it writes RS only)"
@@ -587,8 +633,8 @@ def static_check(i, cfg):
             errs.sort(key=lambda e: e[0])
             return errs[0] if errs else None
         o_end = i["out_base"] + rm1 * i["out_stride"] + k
-        if op == Op.RADD:
-            over(ErrorCode.AMEM_RANGE, "AMEM read", i["b_base"] + rm1 * (i["imm"] & 0xFFFF) + k,
+        if op == Op.RADD or res:
+            over(ErrorCode.AMEM_RANGE, "AMEM read", i["b_base"] + rm1 * x_stride(i) + k,
                  cfg.amem_depth)
         if dst == Dst.AMEM:
             over(ErrorCode.AMEM_RANGE, "AMEM write", o_end, cfg.amem_depth)
@@ -597,7 +643,8 @@ def static_check(i, cfg):
         if dst == Dst.CMEM:
             over(ErrorCode.CMEM_RANGE, "CMEM write", o_end, cfg.cmem_depth)
         if op != Op.SOFTMAX:
-            over(ErrorCode.PBUF_RANGE, "PBUF read", i["p_base"] + _ceil(k, L), cfg.pbuf_depth)
+            over(ErrorCode.PBUF_RANGE, "PBUF read", i["p_base"] + _ceil(k, L) * (2 if res else 1),
+                 cfg.pbuf_depth)
     order = [ErrorCode.AMEM_RANGE, ErrorCode.CMEM_RANGE, ErrorCode.BBUF_RANGE,
              ErrorCode.PBUF_RANGE]
     errs.sort(key=lambda e: order.index(e[0]))
@@ -1318,6 +1365,8 @@ class CostModel:
             # one element per row, rows one job apart (hw.rowunit.RowDatapath.RECIP_DONE), the
             # last RS write
             return rows * (done["RECIP"] + 1) + 2
+        if is_res(i):
+            return res_row_span(rows, k) + self.row_pipe
         if op == Op.LAYERNORM:
             d = done["LAYERNORM"]
             return rows * max(2 * k, d + 1) + self.row_pipe + max(0, d + 1 - 2 * k)
@@ -1693,6 +1742,11 @@ class _Machine:
         r_d, E = i["imm"] & ((1 << 25) - 1), i["count"] + (i["tiles"] << 32)
         B, G, sh = self._row_params(i)
         lo, hi = SAT_RANGE[Sat(i["sat"])]
+        if is_res(i):
+            # RES: RADD (int16) into the source rows first, then LAYERNORM of them.
+            t = _ceil(k, self.cfg.lanes)
+            self._radd(dict(i, p_base=i["p_base"] + t, dst=Dst.CMEM, out_base=i["a_base"],
+                            out_stride=i["a_stride"], sat=Sat.INT16))
         outs = []
         for p, local, s_idx, o_idx in self._row_io(i):
             h = _wrap(self.cmem[p][s_idx], 16)                      # the low 16 bits, int16
@@ -1718,7 +1772,10 @@ class _Machine:
             self.rs_m[p, local], self.rs_sh[p, local] = np.where(pos, m, 0), np.where(pos, sh, 0)
 
     def radd(self, i, pc):
-        k, stride = i["k"], i["imm"] & 0xFFFF
+        self._radd(i)
+
+    def _radd(self, i):
+        k, stride = i["k"], x_stride(i)
         _, m, sh = self._row_params(i)
         lo, hi = SAT_RANGE[Sat(i["sat"])]
         outs = []
@@ -1858,10 +1915,12 @@ def accesses(i, cfg):
     elif op in ROW_OPS:
         k = i["k"]
         span("C", i["a_base"], i["a_stride"], R, k, False)
-        if op == Op.RADD:
-            span("A", i["b_base"], i["imm"] & 0xFFFF, R, k, False)
+        if op == Op.RADD or is_res(i):
+            span("A", i["b_base"], x_stride(i), R, k, False)
+        if is_res(i):
+            span("C", i["a_base"], i["a_stride"], R, k, True)      # h in place
         if op != Op.SOFTMAX:
-            span("P", i["p_base"], 0, 1, _ceil(k, L), False)
+            span("P", i["p_base"], 0, 1, _ceil(k, L) * (2 if is_res(i) else 1), False)
         elif not i["flags"] & Flag.NORM:
             span("RS", 0, 0, 1, R, True)
         span("C" if i["dst"] == Dst.CMEM else "A", i["out_base"], i["out_stride"], R, k, True)
