@@ -153,9 +153,11 @@ class Controller(wiring.Component):
         sat_ok = Mux(dst_a, f.sat != Sat.INT16,
                      Mux(f.dst[1], is_zero(f.sat), 1))   # BBUF: Sat.INT8 only
         allowed = Signal(8)      # the flag bits the opcode has
+        maxc = (op == Op.MATMUL) & fl[7]   # MAXC: row maxima into CMEM column N
         m.d.comb += allowed.eq(Mux(is_dm, Flag.BIAS | Flag.RELU | Flag.REQ | Flag.ACT,
-                                   Mux(is_mm, 0x3F, Mux(is_sm, Flag.NORM,
-                                                        Mux(is_ln, Flag.RES, 0)))))
+                                   Mux(is_mm, 0x3F | Flag.MAXC,
+                                       Mux(is_sm, Flag.NORM | Flag.MAXC,
+                                           Mux(is_ln, Flag.RES, 0)))))
         # DMATMUL: K within the delta buffers, dst AMEM or CMEM with REQ, every base and
         # stride a multiple of L (whole AMEM rows are read and written).
         dm_bad = ((f.k > self._delta_k) | (f.dst > Dst.AMEM) | (is_zero(f.dst) & ~req) |
@@ -166,7 +168,8 @@ class Controller(wiring.Component):
                   (req & f.dst.any()) |                                  # REQ: dst CMEM
                   (act & (~dst_a | f.sat.any())) |                       # ACT: AMEM(_T), INT8
                   (rscale & is_zero(f.dst) & ~req) |                     # RSCALE → CMEM: REQ
-                  (dst_amt & (f.out_base[:lsh].any() | f.out_stride[:lsh].any())))  # L-aligned
+                  (dst_amt & (f.out_base[:lsh].any() | f.out_stride[:lsh].any())) |  # L-aligned
+                  (maxc & (f.dst.any() | req)))                          # MAXC: s into CMEM
         row_bad = (is_zero(f.k) | (f.k > MAX_ROW_K) | is_zero(f.rows) | (f.dst > Dst.AMEM) |
                    (~is_sm & ((f.sat > 3) | ((f.dst == Dst.AMEM) & (f.sat == Sat.INT16)))) |
                    (is_rcp & ((f.k != 1) | f.dst.any())))    # RECIP: k = 1, writes RS only
@@ -203,7 +206,9 @@ class Controller(wiring.Component):
         # Stage 2 (and the row-scale bound: RSCALE or SOFTMAX in attention mode use one RS
         # entry per local row).
         rm1 = Mux(is_zero(passes1), 0, passes1 - 1)
-        rs_bad = ((((is_mm & rscale) | (is_sm & ~fl[3]) | is_rcp) &
+        # MAXC: column N must not reach the next row (out_stride > N).
+        mx_bad = maxc & (f.out_stride <= n1)
+        rs_bad = mx_bad | ((((is_mm & rscale) | (is_sm & ~fl[3]) | is_rcp) &
                    (passes1 > RS_ENTRIES)) |
                   (res & (passes1 > RowDatapath.RES_ROWS)))   # RES: its row-constant table
         # AMEM_T: ⌈N/P⌉ − 1 column groups of out_stride (N ≥ 1 unless tiles = 0: BAD_FIELD).
@@ -233,7 +238,7 @@ class Controller(wiring.Component):
         m.d.sync += region(a_lim4, a_code4, D["amem"], ErrorCode.AMEM_RANGE)
         m.d.sync += region(b_lim4, b_code4, D["bbuf"], ErrorCode.BBUF_RANGE)
         with m.If(is_mm):
-            o_extent = Mux((f.dst == Dst.BBUF_ROWS) | dst_amt, f.rows, n3)
+            o_extent = Mux((f.dst == Dst.BBUF_ROWS) | dst_amt, f.rows, n3 + maxc)
             m.d.sync += [
                 a_end4.eq(f.a_base + pa3 + f.k), check_a4.eq(1),
                 b_end4.eq(f.b_base + pb3), check_b4.eq(1),
@@ -254,7 +259,8 @@ class Controller(wiring.Component):
             # Source rows in CMEM; RADD's x in AMEM; the destination (RECIP: none, it writes
             # RS); PBUF (LAYERNORM, RADD).
             m.d.sync += [
-                a_end4.eq(f.a_base + pa3 + f.k), check_a4.eq(1),
+                # SOFTMAX MAXC also reads column k (the row maximum)
+                a_end4.eq(f.a_base + pa3 + f.k + (is_sm & fl[7])), check_a4.eq(1),
                 b_end4.eq(f.b_base + pb3 + f.k), check_b4.eq(is_radd | res),
                 # RES: the residual's m / sh in the ⌈k/L⌉ tiles after G, B
                 p_end4.eq(f.p_base + Mux(res, kt1 << 1, kt1)), check_p4.eq(~is_sm & ~is_rcp),
@@ -332,12 +338,12 @@ class Controller(wiring.Component):
             ad.b_base.eq(f.b_base), ad.p_base.eq(f.p_base), ad.out_base.eq(f.out_base),
             ad.out_stride.eq(f.out_stride), ad.dst.eq(f.dst), ad.sat.eq(f.sat),
             ad.flags.eq(fl), ad.act_sel.eq(f.imm[0]),
-            ad.delta.eq(is_dm), ad.theta.eq(f.imm[8:16]), ad.gpasses.eq(gpass1),
+            ad.delta.eq(is_dm), ad.maxc.eq(maxc), ad.theta.eq(f.imm[8:16]), ad.gpasses.eq(gpass1),
         ]
         rd = self.row.payload
         m.d.comb += [
             rd.op.eq(op[:2]),     # SOFTMAX 0x30, LAYERNORM 0x31, RADD 0x32, RECIP 0x33 → RowOp
-            rd.norm.eq(fl[3]), rd.res.eq(res), rd.rows.eq(f.rows), rd.passes.eq(passes1), rd.k.eq(f.k),
+            rd.norm.eq(fl[3]), rd.res.eq(res), rd.maxc.eq(is_sm & fl[7]), rd.rows.eq(f.rows), rd.passes.eq(passes1), rd.k.eq(f.k),
             rd.a_base.eq(f.a_base), rd.a_stride.eq(f.a_stride), rd.b_base.eq(f.b_base),
             rd.b_stride.eq(x_stride), rd.out_base.eq(f.out_base),
             rd.out_stride.eq(f.out_stride), rd.dst.eq(f.dst), rd.sat.eq(f.sat),

@@ -57,6 +57,7 @@ class Flag(enum.IntFlag):
     REQ = 16         # MATMUL dst CMEM: store the requantized, saturated value
     ACT = 32         # MATMUL dst AMEM/AMEM_T, sat INT8: look the result up in activation table imm[0]
     RES = 64         # LAYERNORM: fused residual add (RADD into the source rows first, in place)
+    MAXC = 128       # MATMUL dst CMEM: row maxima into CMEM column N; SOFTMAX: read them there
 
 
 class ErrorCode(enum.IntEnum):

@@ -21,7 +21,17 @@ the row's parity. The sequencer runs the statistics of row r + 1 before the outp
 
     A(0) [B(0)]  A(1) [B(1)]  OUT(0)  A(2) [B(2)]  OUT(1)  …  OUT(n−1)
 
-so a row's job overlaps the next row's statistics pass. The job of SOFTMAX in attention mode
+so a row's job overlaps the next row's statistics pass. SOFTMAX MAXC (the maximum already
+in column k, written by a MATMUL MAXC) reads that one element as its pass ``A``.
+
+LAYERNORM RES (the residual add fused in) streams every statistics pass first, then every
+output pass: a statistics element is a RADD (x read in R12, h in R18, ``h + x·m`` in S2, m / sh
+from the PBUF tiles after G and B), its int16 result h written back in place in R_Y and, a
+cycle after leaving S2 (R24), squared in S1: Σh in R24, Σh² and the job ``RES_DELAY`` = 21
+stages after a plain LAYERNORM's. The job results (μ, R, 7 + p) go to a 16-entry table by local
+row; the first output element waits ``RES_DELAY`` + 1 cycles after the last statistics
+element (S1 and the CMEM read port are then free of them), each output pass for its row's job.
+The job of SOFTMAX in attention mode
 is the divide of the output pass's Σw and the RS write (nothing waits for it). RECIP has one
 output pass of one element per row (its denominator, k = 1) and no statistics pass; the
 element starts the same job in R_DATA with the clipped denominator as divisor (``mantissa15``
@@ -63,8 +73,13 @@ plus the pipeline (``R_Y + 2`` = 29) and, for the last row, at most one job late
 stream without a gap: LAYERNORM takes exactly ``⌈rows/P⌉·2k + 29``, SOFTMAX (attention)
 ``⌈rows/P⌉·2k + 65`` (the last RS write), RADD always ``⌈rows/P⌉·k + 29``
 (tests/test_rowunit.py checks these); RECIP ``⌈rows/P⌉·(RECIP_DONE + 1) + 2``
-(tests/test_linear_attention_rtl.py). KWT-1 at P = 8: a softmax of 13 local rows of 99 scores
-takes 2 639 cycles, a LayerNorm of 13 rows of 64 takes 1 693, a residual add 861.
+(tests/test_linear_attention_rtl.py). SOFTMAX MAXC: n_p·k becomes (n_p − 1)·k + 1. LAYERNORM
+RES (``sim.program.res_row_span``): statistics passes with their last elements at least
+``LN_DONE + 1`` apart, the first output element ``RES_DELAY + 1`` after the last statistics
+element, output pass r not before ``RES_DONE + 1`` after the last element of its statistics
+pass, then ``R_Y + 2``: ``⌈rows/P⌉·2k + 50`` when k ≥ ``LN_DONE + 1``. KWT-1 at P = 8: a
+softmax of 13 local rows of 99 scores takes 2 639 cycles (MAXC: 1 365), a LayerNorm of 13 rows
+of 64 takes 1 693, a residual add 861, both as one LAYERNORM RES 1 714.
 """
 import enum
 
@@ -493,7 +508,7 @@ def row_desc_layout():
     ``passes`` = ⌈rows/P⌉; ``b_base``/``b_stride``: RADD's AMEM source (``imm[15:0]`` of the
     instruction is its stride); ``dst`` a ``hw.isa.Dst`` (CMEM or AMEM)."""
     return data.StructLayout({
-        "op": unsigned(2), "norm": unsigned(1), "res": unsigned(1),
+        "op": unsigned(2), "norm": unsigned(1), "res": unsigned(1), "maxc": unsigned(1),
         "rows": unsigned(16), "passes": unsigned(16), "k": unsigned(11),
         "a_base": unsigned(16), "a_stride": unsigned(16),
         "b_base": unsigned(16), "b_stride": unsigned(16),
@@ -580,6 +595,7 @@ class RowSequencer(wiring.Component):
         f_ln, f_radd, f_attn, f_norm = Signal(), Signal(), Signal(), Signal()
         f_rcp = Signal()              # RECIP: one element per row, writes RS only
         f_res = Signal()              # LAYERNORM RES: every statistics pass, then every output
+        f_mx = Signal()               # SOFTMAX MAXC: pass A is the one element k (the maximum)
         p_res = Signal(AB)            # RES: PBUF tile of the residual's m / sh (after G, B)
         gap = Signal(range(RD.RES_DELAY + 1))   # RES: cycles before the first output element
         jobs_fin = Signal(5)          # RES: jobs finished (rows whose constants are in the table)
@@ -660,7 +676,7 @@ class RowSequencer(wiring.Component):
             m.d.sync += [
                 desc.eq(d), active.eq(1),
                 f_ln.eq(d_ln), f_radd.eq(d_radd), f_attn.eq(d_attn), f_norm.eq(d_norm),
-                f_rcp.eq(d_rcp), f_res.eq(d_res),
+                f_rcp.eq(d_rcp), f_res.eq(d_res), f_mx.eq(d_sm & d.maxc),
                 p_res.eq(d.p_base + ((d.k + (L - 1)) >> _log2(L))),
                 gap.eq(0), jobs_fin.eq(0), slack.eq(Mux(d_res, RD.RES_DELAY, 0)),
                 f_wait.eq((d_ln & ~d_res) | d_norm),
@@ -669,12 +685,14 @@ class RowSequencer(wiring.Component):
                                 Mux(d_norm, RowDatapath.NORM_DONE,
                                     Mux(d_rcp, RowDatapath.RECIP_DONE,
                                         RowDatapath.ATTN_DONE))))),
-                j_left.eq(d.k - 1), is_first.eq(1), is_last.eq(d.k == 1), k_is_1.eq(d.k == 1),
+                j_left.eq(d.k - 1), is_first.eq(1), k_is_1.eq(d.k == 1),
+                is_last.eq((d.k == 1) | (d_sm & d.maxc)),
                 st_left.eq(Mux(d_out_only, 0, d.passes)), out_left.eq(d.passes), st_ahead.eq(0),
                 st_one.eq(~d_out_only & (d.passes == 1)), st_any.eq(~d_out_only),
                 out_one.eq(d.passes == 1),
                 st_row.eq(0), out_row.eq(0),
-                src.eq(d.a_base), st_base.eq(d.a_base), ob_base.eq(d.a_base),
+                src.eq(d.a_base + Mux(d_sm & d.maxc, d.k, 0)), st_base.eq(d.a_base),
+                ob_base.eq(d.a_base),
                 out_rows_left.eq(d.rows),
             ]
             zero = Const(0, 16)
@@ -702,7 +720,8 @@ class RowSequencer(wiring.Component):
                                  st_one.eq(st_left == 2), st_any.eq(~st_one),
                                  st_row.eq(st_row + 1), st_base.eq(st_base + desc.a_stride)]
                     with m.If(~st_one & (is_zero(st_ahead) | f_res)):
-                        m.d.sync += ([src.eq(st_base + desc.a_stride)] +
+                        m.d.sync += ([src.eq(st_base + desc.a_stride + Mux(f_mx, desc.k, 0)),
+                                      is_last.eq(k_is_1 | f_mx)] +
                                      set_pass(Pass.A, st_row + 1, *flags))
                     with m.Else():
                         m.d.sync += [src.eq(ob_base)] + set_pass(Pass.OUT, out_row, *flags)
@@ -716,7 +735,9 @@ class RowSequencer(wiring.Component):
                     with m.If(out_one):
                         m.d.sync += active.eq(0)
                     with m.Elif(st_any):
-                        m.d.sync += [src.eq(st_base)] + set_pass(Pass.A, st_row, *flags)
+                        m.d.sync += ([src.eq(st_base + Mux(f_mx, desc.k, 0)),
+                                      is_last.eq(k_is_1 | f_mx)] +
+                                     set_pass(Pass.A, st_row, *flags))
                     with m.Else():
                         m.d.sync += ([src.eq(ob_base + desc.a_stride)] +
                                      set_pass(Pass.OUT, out_row + 1, *flags))

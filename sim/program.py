@@ -61,7 +61,8 @@ PBUF_TILE_WORDS = 7
 C_TILE_WORDS = 4          # STORE_C: one row's L int32 of one tile
 AMEM_BITS = 9
 BBUF_BITS = 8
-MATMUL_FLAGS = int(Flag.BIAS | Flag.ACCUM | Flag.RELU | Flag.RSCALE | Flag.REQ | Flag.ACT)
+MATMUL_FLAGS = int(Flag.BIAS | Flag.ACCUM | Flag.RELU | Flag.RSCALE | Flag.REQ | Flag.ACT
+                   | Flag.MAXC)
 DMATMUL_FLAGS = int(Flag.BIAS | Flag.RELU | Flag.REQ | Flag.ACT)
 ROW_OPS = (Op.SOFTMAX, Op.LAYERNORM, Op.RADD, Op.RECIP)
 LOAD_OPS = (Op.LOAD_A, Op.LOAD_B, Op.LOAD_P, Op.LOAD_C, Op.LOAD_T)
@@ -375,11 +376,13 @@ class Assembler:
 
     def matmul(self, *, rows, k, tiles, n=0, a_base=0, a_stride=None, b_base=0, p_base=0,
                dst=Dst.CMEM, out_base=0, out_stride=None, sat=Sat.INT8, bias=False, accum=False,
-               relu=False, rscale=False, req=False, act=False, table=0, lag=0):
-        """``table``: which activation table ACT uses (``imm[0]``)."""
+               relu=False, rscale=False, req=False, act=False, table=0, lag=0, maxc=False):
+        """``table``: which activation table ACT uses (``imm[0]``); ``maxc``: each row's
+        maximum into CMEM column N (flag MAXC)."""
         flags = ((Flag.BIAS if bias else 0) | (Flag.ACCUM if accum else 0)
                  | (Flag.RELU if relu else 0) | (Flag.RSCALE if rscale else 0)
-                 | (Flag.REQ if req else 0) | (Flag.ACT if act else 0))
+                 | (Flag.REQ if req else 0) | (Flag.ACT if act else 0)
+                 | (Flag.MAXC if maxc else 0))
         if out_stride is None:
             out_stride = tiles * self.cfg.lanes
         return self._emit(Op.MATMUL, rows=rows, k=k, tiles=tiles, a_base=a_base,
@@ -414,14 +417,16 @@ class Assembler:
         return self._emit(Op.LOAD_T, ext_addr=ext_addr, count=count, a_base=a_base)
 
     def softmax(self, *, rows, k, a_base=0, a_stride=None, out_base=0, out_stride=None,
-                dst=Dst.AMEM, c_e, sh_e, norm=False, lag=0):
-        """Attention mode (weights + row scales) or, with ``norm``, probabilities."""
+                dst=Dst.AMEM, c_e, sh_e, norm=False, lag=0, maxc=False):
+        """Attention mode (weights + row scales) or, with ``norm``, probabilities; ``maxc``:
+        each row's maximum is at column k (written by a MATMUL with MAXC)."""
         if not 0 <= int(c_e) < 1 << 16 or not 0 <= int(sh_e) < 64:
             raise InputError(f"SOFTMAX constants c_e={c_e} (16 bits), sh_e={sh_e} (6 bits)")
         return self._emit(Op.SOFTMAX, rows=rows, k=k, a_base=a_base,
                           a_stride=k if a_stride is None else a_stride, dst=int(dst),
                           out_base=out_base, out_stride=k if out_stride is None else out_stride,
-                          flags=Flag.NORM if norm else 0, imm=int(c_e) | int(sh_e) << 16,
+                          flags=(Flag.NORM if norm else 0) | (Flag.MAXC if maxc else 0),
+                          imm=int(c_e) | int(sh_e) << 16,
                           ext_addr=self._lag(lag))
 
     def recip(self, *, rows, a_base=0, a_stride=1, lag=0):
@@ -506,7 +511,8 @@ def static_check(i, cfg):
             errs.append((code, f"{what} end {end} > depth {limit}"))
 
     flags = i["flags"]
-    allowed = (MATMUL_FLAGS if op == Op.MATMUL else int(Flag.NORM) if op == Op.SOFTMAX
+    allowed = (MATMUL_FLAGS if op == Op.MATMUL else int(Flag.NORM | Flag.MAXC)
+               if op == Op.SOFTMAX
                else int(Flag.RES) if op == Op.LAYERNORM else 0)
     if op == Op.DMATMUL:
         allowed = DMATMUL_FLAGS
@@ -550,6 +556,10 @@ def static_check(i, cfg):
             return ErrorCode.BAD_FIELD, f"RSCALE with {R} row passes (> {RS_ENTRIES})"
         if dst in (Dst.AMEM, Dst.AMEM_T) and sat == Sat.INT16:
             return ErrorCode.BAD_FIELD, "AMEM holds int9: sat INT16 is not allowed"
+        if flags & Flag.MAXC and (dst != Dst.CMEM or flags & Flag.REQ):
+            return ErrorCode.BAD_FIELD, "MAXC needs dst CMEM without REQ"
+        if flags & Flag.MAXC and i["out_stride"] <= N:
+            return ErrorCode.BAD_FIELD, f"MAXC: out_stride {i['out_stride']} must exceed N = {N}"
         if dst == Dst.AMEM_T and (flags & Flag.ACCUM or i["out_base"] % L or i["out_stride"] % L):
             return ErrorCode.BAD_FIELD, "AMEM_T: no ACCUM; out_base and out_stride multiples of L"
         if dst in (Dst.BBUF_ROWS, Dst.BBUF_T) and sat != Sat.INT8:
@@ -563,7 +573,7 @@ def static_check(i, cfg):
         elif dst == Dst.AMEM_T:
             o_end = i["out_base"] + (_ceil(N, P) - 1) * i["out_stride"] + M
         else:
-            o_end = i["out_base"] + rm1 * i["out_stride"] + N
+            o_end = i["out_base"] + rm1 * i["out_stride"] + N + (1 if flags & Flag.MAXC else 0)
         if dst in (Dst.AMEM, Dst.AMEM_T):
             over(ErrorCode.AMEM_RANGE, "AMEM write", o_end, cfg.amem_depth)
         if dst == Dst.CMEM or flags & Flag.ACCUM:
@@ -638,8 +648,8 @@ def static_check(i, cfg):
                  cfg.amem_depth)
         if dst == Dst.AMEM:
             over(ErrorCode.AMEM_RANGE, "AMEM write", o_end, cfg.amem_depth)
-        over(ErrorCode.CMEM_RANGE, "CMEM read", i["a_base"] + rm1 * i["a_stride"] + k,
-             cfg.cmem_depth)
+        over(ErrorCode.CMEM_RANGE, "CMEM read", i["a_base"] + rm1 * i["a_stride"] + k
+             + (1 if op == Op.SOFTMAX and flags & Flag.MAXC else 0), cfg.cmem_depth)
         if dst == Dst.CMEM:
             over(ErrorCode.CMEM_RANGE, "CMEM write", o_end, cfg.cmem_depth)
         if op != Op.SOFTMAX:
@@ -1370,11 +1380,13 @@ class CostModel:
         if op == Op.LAYERNORM:
             d = done["LAYERNORM"]
             return rows * max(2 * k, d + 1) + self.row_pipe + max(0, d + 1 - 2 * k)
+        # MAXC: the maximum pass is one element (column k)
+        n_a = 1 if i["flags"] & Flag.MAXC else k
         if i["flags"] & Flag.NORM:
             d = done["NORM"]
-            return rows * max(3 * k, d + 1) + d + self.row_pipe + 1
+            return rows * max(2 * k + n_a, d + 1) + d + self.row_pipe + 1
         d = done["SOFTMAX"]
-        return rows * max(2 * k, d + 1) + d + 1
+        return rows * max(k + n_a, d + 1) + d + 1
 
     def run(self, program, cfg, prog_len=None, events=None, timeline=None):
         """Counters for a program executed from start to HALT (no errors). ``events``: a list
@@ -1396,6 +1408,7 @@ class CostModel:
         busy_end = 0                 # the array is idle from this cycle on
         last_beat = -L - 4           # of the previous tile (the drain spacing)
         prev_local = False
+        prev_maxc = False            # the previous MATMUL wrote row maxima (MAXC)
         done = []                    # per MATMUL: the cycle its results are readable in CMEM
         mac = array_cycles = instret = 0
         for i in program.instrs:
@@ -1438,12 +1451,16 @@ class CostModel:
                 ntiles = _ceil(i["rows"], P) * i["tiles"]
                 # The first tile's last beat: K beats, and last beats at least L apart (the
                 # drain; L + 4 before an ACCUM's first tile).
-                gap = L + 4 if i["flags"] & Flag.ACCUM else L
+                # MAXC: L + 4 after each row pass (the row maximum's CMEM write).
+                gap = L + 4 if i["flags"] & Flag.ACCUM or prev_maxc else L
                 first_last = max(accept + i["k"], last_beat + gap)
                 last_beat = first_last + (ntiles - 1) * tile
+                prev_maxc = bool(i["flags"] & Flag.MAXC)
+                if prev_maxc:
+                    last_beat += (_ceil(i["rows"], P) - 1) * max(0, L + 4 - tile)
                 mac += ntiles * i["k"]
                 array_free = last_beat + 1
-                done.append(last_beat + L + self.done_extra)
+                done.append(last_beat + L + self.done_extra + prev_maxc)
                 log((instret - 1, "MATMUL accept", accept))
                 log((instret - 1, "MATMUL done", done[-1]))
                 end = last_beat + L + self.busy_extra
@@ -1470,6 +1487,7 @@ class CostModel:
                 stall_dma += max(0, need - t)
                 accept = max(ok + 1, array_free)
                 beats, last_beat, end = self.dmatmul_timing(i, cfg, accept, last_beat)
+                prev_maxc = False
                 mac += beats
                 array_free = last_beat + 1
                 done.append(end)
@@ -1642,6 +1660,8 @@ class _Machine:
             o_idx = i["out_base"] + local[:, None] * i["out_stride"] + cols[None, :]
             if dst == Dst.CMEM and not flags & Flag.REQ:
                 self.cmem[p][o_idx] = s
+                if flags & Flag.MAXC:
+                    self.cmem[p][i["out_base"] + local * i["out_stride"] + N] = s.max(axis=-1)
                 continue
             y = golden_requant(s, mm, ss, lo, hi)
             if flags & Flag.RELU:
@@ -1727,6 +1747,13 @@ class _Machine:
         outs = []
         for p, local, s_idx, o_idx in self._row_io(i):
             s = wrap32(self.cmem[p][s_idx])
+            if i["flags"] & Flag.MAXC:
+                # the hardware takes M from column k: the golden functions take the row's
+                # maximum, so the program must have put exactly that there
+                mx = wrap32(self.cmem[p][s_idx[:, 0] + i["k"]])
+                if (mx != s.max(axis=-1)).any():
+                    raise SimulationError(f"SOFTMAX MAXC at PC {pc}: column k does not hold "
+                                          f"the row maximum")
             if i["flags"] & Flag.NORM:
                 y = golden_softmax(s, c_e, sh_e)
             else:
@@ -1891,7 +1918,8 @@ def accesses(i, cfg):
         if flags & Flag.ACT:
             span("T", 256 * (i["imm"] & 1), 0, 1, 256, False)
         if dst == Dst.CMEM:
-            span("C", i["out_base"], i["out_stride"], R, N, True)
+            span("C", i["out_base"], i["out_stride"], R, N + (1 if flags & Flag.MAXC else 0),
+                 True)
         elif dst == Dst.AMEM:
             span("A", i["out_base"], i["out_stride"], R, N, True)
         elif dst == Dst.BBUF_ROWS:
@@ -1914,7 +1942,8 @@ def accesses(i, cfg):
         span("C" if dst == Dst.CMEM else "A", i["out_base"], i["out_stride"], R, N, True)
     elif op in ROW_OPS:
         k = i["k"]
-        span("C", i["a_base"], i["a_stride"], R, k, False)
+        mx = 1 if op == Op.SOFTMAX and i["flags"] & Flag.MAXC else 0
+        span("C", i["a_base"], i["a_stride"], R, k + mx, False)
         if op == Op.RADD or is_res(i):
             span("A", i["b_base"], x_stride(i), R, k, False)
         if is_res(i):
