@@ -343,7 +343,8 @@ class Controller(wiring.Component):
         rd = self.row.payload
         m.d.comb += [
             rd.op.eq(op[:2]),     # SOFTMAX 0x30, LAYERNORM 0x31, RADD 0x32, RECIP 0x33 → RowOp
-            rd.norm.eq(fl[3]), rd.res.eq(res), rd.maxc.eq(is_sm & fl[7]), rd.rows.eq(f.rows), rd.passes.eq(passes1), rd.k.eq(f.k),
+            rd.norm.eq(fl[3]), rd.res.eq(res), rd.maxc.eq(is_sm & fl[7]),
+            rd.rows.eq(f.rows), rd.passes.eq(passes1), rd.k.eq(f.k),
             rd.a_base.eq(f.a_base), rd.a_stride.eq(f.a_stride), rd.b_base.eq(f.b_base),
             rd.b_stride.eq(x_stride), rd.out_base.eq(f.out_base),
             rd.out_stride.eq(f.out_stride), rd.dst.eq(f.dst), rd.sat.eq(f.sat),
