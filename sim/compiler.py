@@ -636,6 +636,9 @@ class Layout:
     Np: int = 0
     T8: int = 0
     VL: int = 0
+    # MAXC: the scores MATMUL writes each row's maximum into column N (score stride N + 1) and
+    # the SOFTMAX skips its maximum pass; off when CMEM has no room for the extra column
+    maxc: bool = True
 
     def describe(self):
         return {"AMEM": {"XA": self.XA, "QA": self.QA, "WA": self.WA, "GA": self.GA,
@@ -679,10 +682,14 @@ def kwt_layouts(cfg, *, N, D, H, F, k_in=0, out_cols=0, out_rows=0, attention=Tr
                              f"({fixed} words) and weights")
     kin_p = _pad(k_in, L) if k_in else 0
     XA, QA, WA = 0, R * Dp, 2 * R * Dp
-    SC, HC = 0, (R * (N + 1) if attention else 0)     # scores and their row maxima (MAXC)
     out_size = _ceil(out_rows or N, P) * max(Dp, _pad(out_cols, L))
-    OUT = SC if attention and out_size <= HC else HC + R * Dp     # over the dead scores
-    cmem = max(HC + R * Dp, OUT + out_size, XA + R * Dp)           # XA: embedding start values
+    for maxc in (True, False):
+        # scores (with their row maxima, MAXC), then the residual
+        SC, HC = 0, (R * (N + maxc) if attention else 0)
+        OUT = SC if attention and out_size <= HC else HC + R * Dp     # over the dead scores
+        cmem = max(HC + R * Dp, OUT + out_size, XA + R * Dp)       # XA: embedding start values
+        if cmem <= cfg.cmem_depth:
+            break
     if cmem > cfg.cmem_depth:
         raise InputError(f"CMEM needs {cmem} elements per PE (scores {R}×{N}, residual "
                          f"{R}×{Dp}, output), the accelerator has {cfg.cmem_depth}")
@@ -707,7 +714,8 @@ def kwt_layouts(cfg, *, N, D, H, F, k_in=0, out_cols=0, out_rows=0, attention=Tr
         yield Layout(P=P, L=L, N=N, D=D, H=H, F=F, R=R, Dp=Dp, d=d, fc=fc, Fcp=Fcp, XA=XA,
                      QA=QA, WA=WA, GA=QA, XB=XA, IN=QA, IN_stride=kin_p, amem=amem, SC=SC,
                      HC=HC, OUT=OUT, cmem=cmem, KT=KT, VB=VB, bbuf_fixed=fixed,
-                     ffn_chunks=bounds, KA=KA, Np=Np if linear else 0, T8=T8, VL=VL)
+                     ffn_chunks=bounds, KA=KA, Np=Np if linear else 0, T8=T8, VL=VL,
+                     maxc=maxc)
     if not found:
         raise InputError(f"AMEM needs {need} elements per PE for {N} tokens, dim {D}"
                          + (f", MLP {F} (even split into column chunks)" if ffn else "")
@@ -841,18 +849,19 @@ def lower_linear_attention(b, lay, *, rows, wqkv, m_qkv, sh_qkv, phi_q, phi_k, m
 
 def _attention_core(b, lay, *, rows, q_base, q_stride, c_e, sh_e, m_a, sh_a, name, out,
                     k_item=None, v_item=None, dv=None):
-    """S = q·kᵀ → CMEM SC (stride N + 1: MAXC puts each row's maximum in column N), SOFTMAX
-    (attention mode, MAXC: no maximum pass) → AMEM WA, P·V with RSCALE and the column
+    """S = q·kᵀ → CMEM SC (stride N + 1: MAXC puts each row's maximum in column N, if
+    ``lay.maxc``), SOFTMAX (attention mode, MAXC: no maximum pass) → AMEM WA, P·V with RSCALE and the column
     requantization → ``out``. Kᵀ and V come from the BBUF slots or, for a standalone attention,
     from items."""
     N, d, L = lay.N, lay.d, lay.L
     dv = d if dv is None else dv
     kw_k = dict(b=k_item) if k_item is not None else dict(b_base=lay.KT)
+    mx = lay.maxc
     b.op("matmul", rows=rows, k=d, tiles=_ceil(N, L), n=N, a_base=q_base, a_stride=q_stride,
-         dst=Dst.CMEM, out_base=lay.SC, out_stride=N + 1, maxc=True, macs=rows * d * N,
+         dst=Dst.CMEM, out_base=lay.SC, out_stride=N + mx, maxc=mx, macs=rows * d * N,
          **kw_k)
-    b.op("softmax", rows=rows, k=N, a_base=lay.SC, a_stride=N + 1, dst=Dst.AMEM,
-         out_base=lay.WA, out_stride=N, c_e=int(c_e), sh_e=int(sh_e), maxc=True)
+    b.op("softmax", rows=rows, k=N, a_base=lay.SC, a_stride=N + mx, dst=Dst.AMEM,
+         out_base=lay.WA, out_stride=N, c_e=int(c_e), sh_e=int(sh_e), maxc=mx)
     kw_v = dict(b=v_item) if v_item is not None else dict(b_base=lay.VB)
     req = out["dst"] == Dst.CMEM
     b.op("matmul", p=b.p_item(f"{name}.pa", 0, m_a, sh_a, dv), rows=rows, k=N,
@@ -1311,17 +1320,19 @@ def attention_job(q, k, v, c_e, sh_e, m_a, sh_a, *, config=None, pes=None, lanes
     R, dp, dvp = _ceil(N, P), _pad(d, L), _pad(dv, L)
     if R > RS_ENTRIES:
         raise InputError(f"{R} rows per PE: the row scales hold {RS_ENTRIES}")
-    if R * (dp + N) > cfg.amem_depth or R * (N + 1 + dvp) > cfg.cmem_depth:
+    mx = R * (N + 1 + dvp) <= cfg.cmem_depth      # room for the row maxima (MAXC)
+    Ns = N + mx
+    if R * (dp + N) > cfg.amem_depth or R * (N + dvp) > cfg.cmem_depth:
         raise InputError(f"attention over {N} tokens needs {R * (dp + N)} AMEM and "
-                         f"{R * (N + 1 + dvp)} CMEM elements per PE; the accelerator has "
+                         f"{R * (N + dvp)} CMEM elements per PE; the accelerator has "
                          f"{cfg.amem_depth} and {cfg.cmem_depth}")
     b = Builder(cfg)
     b.input_a("q", q, 0, dp)
     b.set_section("attention")
     lay = Layout(P=P, L=L, N=N, D=d, H=1, F=0, R=R, Dp=dp, d=d, fc=0, Fcp=0, XA=0, QA=0,
                  WA=R * dp, GA=0, XB=0, IN=0, IN_stride=0, amem=R * (dp + N), SC=0, HC=0,
-                 OUT=R * (N + 1), cmem=R * (N + 1 + dvp), KT=0, VB=0, bbuf_fixed=0,
-                 ffn_chunks=[])
+                 OUT=R * Ns, cmem=R * (Ns + dvp), KT=0, VB=0, bbuf_fixed=0,
+                 ffn_chunks=[], maxc=mx)
     _attention_core(b, lay, rows=N, q_base=0, q_stride=dp, c_e=c_e, sh_e=sh_e, m_a=m_a,
                     sh_a=sh_a, name="attention", dv=dv,
                     out=dict(dst=Dst.CMEM, out_base=lay.OUT, out_stride=dvp),
