@@ -50,6 +50,7 @@ def matmul_desc_layout():
         "out_base": unsigned(16), "out_stride": unsigned(16),
         "dst": unsigned(3), "sat": unsigned(2),   # hw.isa.Dst (AMEM_T = 4)
         "flags": unsigned(6),      # hw.isa.Flag: BIAS, ACCUM, RELU, RSCALE, REQ, ACT
+        "maxc": unsigned(1),       # Flag.MAXC: each row's maximum into CMEM column N
         "act_sel": unsigned(1),    # ACT: the table (imm[0])
         "delta": unsigned(1),      # DMATMUL: column-partitioned delta mode
         "theta": unsigned(8),      # DMATMUL: θ (imm[15:8])
@@ -279,7 +280,8 @@ class PEArray(wiring.Component):
         is_last, k_is_1 = Signal(), Signal()
         ge_l, ge_l4 = Signal(init=1), Signal(init=1)
         no_credit = Signal()
-        gap_ok = Mux(first_tile & desc.flags[1], ge_l4, ge_l)   # Flag.ACCUM: one more gap
+        mx_prev = Signal()            # the last beat before ended a MAXC row pass
+        gap_ok = Mux((first_tile & desc.flags[1]) | mx_prev, ge_l4, ge_l)   # ACCUM, MAXC
         hold = is_last & (~gap_ok | (is_bbuf & no_credit))
         issue = Signal()
         row_busy = Signal()
@@ -332,6 +334,8 @@ class PEArray(wiring.Component):
             "ncols": range(L + 1), "e_tile": unsigned(AB), "pb_tile": unsigned(AB),
             "blk": unsigned(1), "mm_last": unsigned(1), "rpass": unsigned(8),
             "act_sel": unsigned(1),
+            # MAXC: the row pass's first / last tile
+            "maxc": unsigned(1), "rp_first": unsigned(1), "rp_last": unsigned(1),
             # delta mode: the token's destination PE, the element address of its row's first
             # column of this pass, the columns left from there (N − j·P·L)
             "delta": unsigned(1), "dq": unsigned(max(1, (P - 1).bit_length())),
@@ -356,6 +360,8 @@ class PEArray(wiring.Component):
             tile_now.rmask.eq(rmask), tile_now.ncols.eq(ncols), tile_now.e_tile.eq(e_tile),
             tile_now.pb_tile.eq(pb_tile), tile_now.blk.eq(wb_alloc),
             tile_now.rpass.eq(rpass), tile_now.act_sel.eq(desc.act_sel),
+            tile_now.maxc.eq(desc.maxc), tile_now.rp_first.eq(trem == desc.tiles - 1),
+            tile_now.rp_last.eq(is_zero(trem)),
             # the MATMUL's last tile: last tile of the last pass
             tile_now.mm_last.eq(is_zero(trem) & is_zero(passes_left)),
             blk_now.trans.eq((desc.dst == Dst.BBUF_T) | is_amt), blk_now.rmask.eq(rmask),
@@ -388,6 +394,8 @@ class PEArray(wiring.Component):
             ]
 
         last_issue = (issue & is_last) | (d_issue & d_last)
+        with m.If(last_issue):
+            m.d.sync += mx_prev.eq(issue & desc.maxc & is_zero(trem))
         with m.If(last_issue):
             m.d.sync += since.eq(1)
         with m.Elif(since != gap_max):
@@ -500,7 +508,8 @@ class PEArray(wiring.Component):
             "sat": unsigned(2), "tile_end": unsigned(1), "blk": unsigned(1),
             "mm_end": unsigned(1), "rscale": unsigned(1), "req": unsigned(1),
             "act": unsigned(1), "act_sel": unsigned(1), "delta": unsigned(1),
-            "dblk": unsigned(2),
+            "dblk": unsigned(2), "mx_upd": unsigned(1), "mx_first": unsigned(1),
+            "mx_last": unsigned(1), "mx_off": range(L + 1),
         })
         meta = [Signal(meta_layout, name=f"meta{k}") for k in range(D_Y + 1)]
         m.d.comb += [
@@ -510,6 +519,10 @@ class PEArray(wiring.Component):
             meta[0].sat.eq(dm.sat), meta[0].tile_end.eq(d_active & (d_i == L - 1)),
             meta[0].blk.eq(dm.blk),
             meta[0].mm_end.eq(d_active & (d_i == L - 1) & dm.mm_last),
+            meta[0].mx_upd.eq(d_active & dm.maxc & (d_i < dm.ncols)),
+            meta[0].mx_first.eq(is_zero(d_i) & dm.rp_first),
+            meta[0].mx_last.eq(d_active & dm.maxc & (d_i == L - 1) & dm.rp_last),
+            meta[0].mx_off.eq(L - dm.ncols),
             meta[0].rscale.eq((dm.flags & Flag.RSCALE).any()),
             meta[0].req.eq((dm.flags & Flag.REQ).any()),
             meta[0].act.eq((dm.flags & Flag.ACT).any()), meta[0].act_sel.eq(dm.act_sel),
@@ -575,7 +588,16 @@ class PEArray(wiring.Component):
         row_busy1 = Signal()
         m.d.sync += row_busy1.eq(row_busy)
         dw_done_last = Signal()    # the delta writer finished a DMATMUL's last token
-        done_now = ((mw.valid & mw.mm_end & ~mw.req & ~mw.delta) +
+        # MAXC: the row maximum is written the cycle after the row pass's last element (no
+        # drain write then: a last beat after a MAXC row pass waits L + 4 cycles, gap_ok), to
+        # CMEM column N of the row.
+        mx_wr, mx_end = Signal(), Signal()
+        mx_wa = Signal(AB)
+        mx_rm = Signal(P)
+        m.d.sync += [mx_wr.eq(mw.valid & mw.mx_last), mx_end.eq(mw.mm_end),
+                     mx_wa.eq(mw.e + 1 - mw.mx_off), mx_rm.eq(mw.rmask)]
+        done_now = ((mw.valid & mw.mm_end & ~mw.req & ~mw.delta & ~mw.mx_last) +
+                    (mx_wr & mx_end) +
                     (my.valid & my.mm_end & my.req & ~my.delta) +
                     (row_busy1 & ~row_busy) + dw_done_last)
         m.d.sync += mm_done.eq(mm_done + done_now)
@@ -617,7 +639,6 @@ class PEArray(wiring.Component):
         m.d.comb += [self.amem_w.ready.eq(~drain_amem & ~rw_amem & ~wb_amem & ~dw_amem),
                      self.cmem_w.ready.eq(c_dma), self.table_w.ready.eq(1)]
         aw, cwp, tw = self.amem_w.payload, self.cmem_w.payload, self.table_w.payload
-        is_ln = rseq.rop.op == RowOp.LAYERNORM
         for p, pe in enumerate(pes):
             dma_pe = is_zero(aw.pe) if p == 0 else aw.pe == p
             dmac_pe = is_zero(cwp.pe) if p == 0 else cwp.pe == p
@@ -630,9 +651,10 @@ class PEArray(wiring.Component):
                 # (the drain metadata keeps the last tile's flags after it: gate with valid)
                 pe.bias.eq(Mux(meta[3].valid & meta[3].delta, dbias3[p], bias3)),
                 pe.rscale.eq(mw.rscale),
-                # G of LAYERNORM is signed; every other m is uint16.
+                pe.mx_upd.eq(mw.valid & mw.mx_upd), pe.mx_first.eq(mw.mx_first),
+                # G of LAYERNORM (its output elements) is signed; every other m is uint16.
                 pe.m.eq(Mux(mq.valid & mq.delta, dmul4[p],
-                            Mux(row_busy & is_ln, mul4.as_signed(), mul4))),
+                            Mux(row_busy & rseq.pm_sgn, mul4.as_signed(), mul4))),
                 pe.sh.eq(Mux(mq.valid & mq.delta, dsh4[p], sh4)),
                 pe.sat.eq(mq.sat), pe.relu.eq(mq.relu),
                 pe.act.eq(ma.valid & ma.act), pe.act_sel.eq(ma.act_sel),
@@ -655,6 +677,9 @@ class PEArray(wiring.Component):
             with m.Elif(cw_s):
                 m.d.comb += [pe.c_we.eq(mw.col_valid & mw.rmask[p]),
                              pe.c_waddr.eq(mw.e[csh:]), pe.c_wslot.eq(mw.e[:csh] if csh else 0)]
+            with m.Elif(mx_wr):
+                m.d.comb += [pe.c_we.eq(mx_rm[p]), pe.c_wmx.eq(1),
+                             pe.c_waddr.eq(mx_wa[csh:]), pe.c_wslot.eq(mx_wa[:csh] if csh else 0)]
             with m.Elif(dw_cmem):
                 m.d.comb += pe.c_waddr.eq(dw_addr[csh:])
             with m.Else():

@@ -13,7 +13,7 @@ from .dma import Dma, DmaOp, dma_desc_layout
 from .isa import INSTR_BITS, INSTR_LAYOUT, Dst, ErrorCode, Flag, Op, Sat
 from .params import check_choice, check_int
 from .pe import ACT_ENTRIES, LANE_CHOICES, RS_ENTRIES, _log2, is_zero
-from .rowunit import MAX_ROW_K, row_desc_layout
+from .rowunit import MAX_ROW_K, RowDatapath, row_desc_layout
 
 __all__ = ["Controller", "ceil_div_const"]
 
@@ -144,14 +144,20 @@ class Controller(wiring.Component):
         is_dmaop = ((op == Op.LOAD_B) | (op == Op.LOAD_A) | (op == Op.LOAD_P) |
                     (op == Op.STORE_C) | (op == Op.LOAD_C) | (op == Op.LOAD_T))
         accum, rscale, req, act = fl[1], fl[3], fl[4], fl[5]    # hw.isa.Flag bits
+        res = is_ln & fl[6]      # LAYERNORM RES: fused residual add
+        # RADD's AMEM row stride: imm[15:0]; LAYERNORM RES (imm holds r_D): ext_addr[23:8].
+        x_stride = Mux(res, f.ext_addr[8:24], f.imm[:16])
         tl = f.tiles << lsh
         dst_a = (f.dst == Dst.AMEM) | (f.dst == Dst.AMEM_T)     # int9 into AMEM
         dst_amt = f.dst == Dst.AMEM_T
         sat_ok = Mux(dst_a, f.sat != Sat.INT16,
                      Mux(f.dst[1], is_zero(f.sat), 1))   # BBUF: Sat.INT8 only
         allowed = Signal(8)      # the flag bits the opcode has
+        maxc = (op == Op.MATMUL) & fl[7]   # MAXC: row maxima into CMEM column N
         m.d.comb += allowed.eq(Mux(is_dm, Flag.BIAS | Flag.RELU | Flag.REQ | Flag.ACT,
-                                   Mux(is_mm, 0x3F, Mux(is_sm, Flag.NORM, 0))))
+                                   Mux(is_mm, 0x3F | Flag.MAXC,
+                                       Mux(is_sm, Flag.NORM | Flag.MAXC,
+                                           Mux(is_ln, Flag.RES, 0)))))
         # DMATMUL: K within the delta buffers, dst AMEM or CMEM with REQ, every base and
         # stride a multiple of L (whole AMEM rows are read and written).
         dm_bad = ((f.k > self._delta_k) | (f.dst > Dst.AMEM) | (is_zero(f.dst) & ~req) |
@@ -162,7 +168,8 @@ class Controller(wiring.Component):
                   (req & f.dst.any()) |                                  # REQ: dst CMEM
                   (act & (~dst_a | f.sat.any())) |                       # ACT: AMEM(_T), INT8
                   (rscale & is_zero(f.dst) & ~req) |                     # RSCALE → CMEM: REQ
-                  (dst_amt & (f.out_base[:lsh].any() | f.out_stride[:lsh].any())))  # L-aligned
+                  (dst_amt & (f.out_base[:lsh].any() | f.out_stride[:lsh].any())) |  # L-aligned
+                  (maxc & (f.dst.any() | req)))                          # MAXC: s into CMEM
         row_bad = (is_zero(f.k) | (f.k > MAX_ROW_K) | is_zero(f.rows) | (f.dst > Dst.AMEM) |
                    (~is_sm & ((f.sat > 3) | ((f.dst == Dst.AMEM) & (f.sat == Sat.INT16)))) |
                    (is_rcp & ((f.k != 1) | f.dst.any())))    # RECIP: k = 1, writes RS only
@@ -199,8 +206,11 @@ class Controller(wiring.Component):
         # Stage 2 (and the row-scale bound: RSCALE or SOFTMAX in attention mode use one RS
         # entry per local row).
         rm1 = Mux(is_zero(passes1), 0, passes1 - 1)
-        rs_bad = (((is_mm & rscale) | (is_sm & ~fl[3]) | is_rcp) &
-                  (passes1 > RS_ENTRIES))
+        # MAXC: column N must not reach the next row (out_stride > N).
+        mx_bad = maxc & (f.out_stride <= n1)
+        rs_bad = mx_bad | ((((is_mm & rscale) | (is_sm & ~fl[3]) | is_rcp) &
+                   (passes1 > RS_ENTRIES)) |
+                  (res & (passes1 > RowDatapath.RES_ROWS)))   # RES: its row-constant table
         # AMEM_T: ⌈N/P⌉ − 1 column groups of out_stride (N ≥ 1 unless tiles = 0: BAD_FIELD).
         cg1 = ceil_div_const(n1, P, 17)
         with m.If(is_dm):
@@ -212,7 +222,7 @@ class Controller(wiring.Component):
                                     Mux(f.dst == Dst.BBUF_T, rowsl1 - 1,
                                         Mux(dst_amt, cg1 - 1, rm1))))]
         with m.Elif((op == Op.LOAD_A) | is_row):
-            m.d.sync += [fa2.eq(rm1), fb2.eq(rm1), fbm2.eq(f.imm[:16]), fo2.eq(rm1)]
+            m.d.sync += [fa2.eq(rm1), fb2.eq(rm1), fbm2.eq(x_stride), fo2.eq(rm1)]
         with m.Else():
             m.d.sync += [fa2.eq(0), fb2.eq(0), fbm2.eq(0), fo2.eq(rm1)]
         m.d.sync += [bad[2].eq(bad1 | rs_bad), n2.eq(n1), n_tl.eq(tl)]
@@ -228,7 +238,7 @@ class Controller(wiring.Component):
         m.d.sync += region(a_lim4, a_code4, D["amem"], ErrorCode.AMEM_RANGE)
         m.d.sync += region(b_lim4, b_code4, D["bbuf"], ErrorCode.BBUF_RANGE)
         with m.If(is_mm):
-            o_extent = Mux((f.dst == Dst.BBUF_ROWS) | dst_amt, f.rows, n3)
+            o_extent = Mux((f.dst == Dst.BBUF_ROWS) | dst_amt, f.rows, n3 + maxc)
             m.d.sync += [
                 a_end4.eq(f.a_base + pa3 + f.k), check_a4.eq(1),
                 b_end4.eq(f.b_base + pb3), check_b4.eq(1),
@@ -249,9 +259,11 @@ class Controller(wiring.Component):
             # Source rows in CMEM; RADD's x in AMEM; the destination (RECIP: none, it writes
             # RS); PBUF (LAYERNORM, RADD).
             m.d.sync += [
-                a_end4.eq(f.a_base + pa3 + f.k), check_a4.eq(1),
-                b_end4.eq(f.b_base + pb3 + f.k), check_b4.eq(is_radd),
-                p_end4.eq(f.p_base + kt1), check_p4.eq(~is_sm & ~is_rcp),
+                # SOFTMAX MAXC also reads column k (the row maximum)
+                a_end4.eq(f.a_base + pa3 + f.k + (is_sm & fl[7])), check_a4.eq(1),
+                b_end4.eq(f.b_base + pb3 + f.k), check_b4.eq(is_radd | res),
+                # RES: the residual's m / sh in the ⌈k/L⌉ tiles after G, B
+                p_end4.eq(f.p_base + Mux(res, kt1 << 1, kt1)), check_p4.eq(~is_sm & ~is_rcp),
                 o_end4.eq(f.out_base + po3 + f.k), check_o4.eq(~is_rcp),
             ]
             m.d.sync += region(a_lim4, a_code4, D["cmem"], ErrorCode.CMEM_RANGE)
@@ -326,14 +338,15 @@ class Controller(wiring.Component):
             ad.b_base.eq(f.b_base), ad.p_base.eq(f.p_base), ad.out_base.eq(f.out_base),
             ad.out_stride.eq(f.out_stride), ad.dst.eq(f.dst), ad.sat.eq(f.sat),
             ad.flags.eq(fl), ad.act_sel.eq(f.imm[0]),
-            ad.delta.eq(is_dm), ad.theta.eq(f.imm[8:16]), ad.gpasses.eq(gpass1),
+            ad.delta.eq(is_dm), ad.maxc.eq(maxc), ad.theta.eq(f.imm[8:16]), ad.gpasses.eq(gpass1),
         ]
         rd = self.row.payload
         m.d.comb += [
             rd.op.eq(op[:2]),     # SOFTMAX 0x30, LAYERNORM 0x31, RADD 0x32, RECIP 0x33 → RowOp
-            rd.norm.eq(fl[3]), rd.rows.eq(f.rows), rd.passes.eq(passes1), rd.k.eq(f.k),
+            rd.norm.eq(fl[3]), rd.res.eq(res), rd.maxc.eq(is_sm & fl[7]),
+            rd.rows.eq(f.rows), rd.passes.eq(passes1), rd.k.eq(f.k),
             rd.a_base.eq(f.a_base), rd.a_stride.eq(f.a_stride), rd.b_base.eq(f.b_base),
-            rd.b_stride.eq(f.imm[:16]), rd.out_base.eq(f.out_base),
+            rd.b_stride.eq(x_stride), rd.out_base.eq(f.out_base),
             rd.out_stride.eq(f.out_stride), rd.dst.eq(f.dst), rd.sat.eq(f.sat),
             rd.p_base.eq(f.p_base), rd.imm.eq(f.imm), rd.eps.eq(Cat(f.count, f.tiles)),
         ]

@@ -56,6 +56,8 @@ class Flag(enum.IntFlag):
     NORM = 8         # SOFTMAX: normalized probabilities (an alias of bit 3)
     REQ = 16         # MATMUL dst CMEM: store the requantized, saturated value
     ACT = 32         # MATMUL dst AMEM/AMEM_T, sat INT8: look the result up in activation table imm[0]
+    RES = 64         # LAYERNORM: fused residual add (RADD into the source rows first, in place)
+    MAXC = 128       # MATMUL dst CMEM: row maxima into CMEM column N; SOFTMAX: read them there
 
 
 class ErrorCode(enum.IntEnum):

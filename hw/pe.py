@@ -195,16 +195,20 @@ def row_ctl_layout():
     """One row-unit element as it passes a pipeline stage (the array broadcasts it to every PE).
     ``par``: parity of the element's local row (selects the double-buffered row constants);
     ``acc``: the element updates the statistic of this stage (decoded by the sequencer: see
-    :class:`hw.rowunit.RowSequencer`)."""
+    :class:`hw.rowunit.RowSequencer`); ``row``: the low bits of its local row (LAYERNORM RES
+    keeps its row constants in a table)."""
     return data.StructLayout({"valid": unsigned(1), "first": unsigned(1), "last": unsigned(1),
-                              "kind": unsigned(2), "par": unsigned(1), "acc": unsigned(1)})
+                              "kind": unsigned(2), "par": unsigned(1), "acc": unsigned(1),
+                              "row": unsigned(4)})
 
 
 def row_op_layout():
     """The running row operation, constant while it runs: ``imm`` (SOFTMAX: c_e = imm[15:0],
     sh_e = imm[21:16]; LAYERNORM: r_D = imm[24:0]), ``eps`` (LAYERNORM: E, 40 bits), ``k`` (row
-    length 1…1024), ``sat`` (``hw.isa.Sat`` of LAYERNORM and RADD results)."""
-    return data.StructLayout({"op": unsigned(2), "norm": unsigned(1), "imm": unsigned(32),
+    length 1…1024), ``sat`` (``hw.isa.Sat`` of LAYERNORM and RADD results), ``res``
+    (LAYERNORM with the fused residual add, flag RES)."""
+    return data.StructLayout({"op": unsigned(2), "norm": unsigned(1), "res": unsigned(1),
+                              "imm": unsigned(32),
                               "eps": unsigned(40), "k": unsigned(11), "sat": unsigned(2)})
 
 
@@ -534,6 +538,10 @@ class PE(wiring.Component):
             "rscale": In(1),
             "c_we": In(1),
             "c_wy": In(1),
+            # MATMUL MAXC: the row maximum of s (updated in D_WRITE), written with c_wmx
+            "mx_upd": In(1),
+            "mx_first": In(1),
+            "c_wmx": In(1),
             "c_waddr": In(self.c_row_bits),
             "c_wslot": In(max(1, _log2(cw))),
             "m": In(signed(17)),
@@ -728,9 +736,15 @@ class PE(wiring.Component):
         # (LOAD_C; selected by c_dma, a register in the array, not by the element's enable).
         ysx = Signal(signed(32))
         m.d.comb += ysx.eq(self.y)
+        # MAXC: the running maximum of the row pass's valid s (the element in D_WRITE), written
+        # by the array the cycle after the row pass's last element.
+        rmax = Signal(signed(32))
+        with m.If(self.mx_upd):
+            m.d.sync += rmax.eq(Mux(self.mx_first | (s4 > rmax), s4, rmax))
         m.d.comb += [
             cmem.w_addr.eq(self.c_waddr),
-            cmem.w_data.eq(Mux(self.c_dma, self.cw_data, Cat(*([Mux(self.c_wy, ysx, s4)] * cw)))),
+            cmem.w_data.eq(Mux(self.c_dma, self.cw_data,
+                               Cat(*([Mux(self.c_wmx, rmax, Mux(self.c_wy, ysx, s4))] * cw)))),
             cmem.w_en.eq(Mux(self.c_dma, self.cw_en,
                              Mux(self.c_we, (1 << self.c_wslot) if cw > 1 else 1, 0))),
         ]

@@ -21,7 +21,17 @@ the row's parity. The sequencer runs the statistics of row r + 1 before the outp
 
     A(0) [B(0)]  A(1) [B(1)]  OUT(0)  A(2) [B(2)]  OUT(1)  …  OUT(n−1)
 
-so a row's job overlaps the next row's statistics pass. The job of SOFTMAX in attention mode
+so a row's job overlaps the next row's statistics pass. SOFTMAX MAXC (the maximum already
+in column k, written by a MATMUL MAXC) reads that one element as its pass ``A``.
+
+LAYERNORM RES (the residual add fused in) streams every statistics pass first, then every
+output pass: a statistics element is a RADD (x read in R12, h in R18, ``h + x·m`` in S2, m / sh
+from the PBUF tiles after G and B), its int16 result h written back in place in R_Y and, a
+cycle after leaving S2 (R24), squared in S1: Σh in R24, Σh² and the job ``RES_DELAY`` = 21
+stages after a plain LAYERNORM's. The job results (μ, R, 7 + p) go to a 16-entry table by local
+row; the first output element waits ``RES_DELAY`` + 1 cycles after the last statistics
+element (S1 and the CMEM read port are then free of them), each output pass for its row's job.
+The job of SOFTMAX in attention mode
 is the divide of the output pass's Σw and the RS write (nothing waits for it). RECIP has one
 output pass of one element per row (its denominator, k = 1) and no statistics pass; the
 element starts the same job in R_DATA with the clipped denominator as divisor (``mantissa15``
@@ -63,8 +73,13 @@ plus the pipeline (``R_Y + 2`` = 29) and, for the last row, at most one job late
 stream without a gap: LAYERNORM takes exactly ``⌈rows/P⌉·2k + 29``, SOFTMAX (attention)
 ``⌈rows/P⌉·2k + 65`` (the last RS write), RADD always ``⌈rows/P⌉·k + 29``
 (tests/test_rowunit.py checks these); RECIP ``⌈rows/P⌉·(RECIP_DONE + 1) + 2``
-(tests/test_linear_attention_rtl.py). KWT-1 at P = 8: a softmax of 13 local rows of 99 scores
-takes 2 639 cycles, a LayerNorm of 13 rows of 64 takes 1 693, a residual add 861.
+(tests/test_linear_attention_rtl.py). SOFTMAX MAXC: n_p·k becomes (n_p − 1)·k + 1. LAYERNORM
+RES (``sim.program.res_row_span``): statistics passes with their last elements at least
+``LN_DONE + 1`` apart, the first output element ``RES_DELAY + 1`` after the last statistics
+element, output pass r not before ``RES_DONE + 1`` after the last element of its statistics
+pass, then ``R_Y + 2``: ``⌈rows/P⌉·2k + 50`` when k ≥ ``LN_DONE + 1``. KWT-1 at P = 8: a
+softmax of 13 local rows of 99 scores takes 2 639 cycles (MAXC: 1 365), a LayerNorm of 13 rows
+of 64 takes 1 693, a residual add 861, both as one LAYERNORM RES 1 714.
 """
 import enum
 
@@ -74,7 +89,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sim.golden.exp import EXP_LUT
-from .isa import Sat
+from .isa import Dst, Sat
 from .params import check_choice, check_int
 from .pe import (LANE_CHOICES, PE, MulRound, Pass, Requant, RowOp, _log2, is_zero,
                  row_ctl_layout, row_op_layout)
@@ -195,6 +210,12 @@ class RowDatapath(wiring.Component):
     ATTN_DONE = R_Y2 + SerialDivider.LATENCY + 5
     #: RECIP: the attention job, started by the element itself (R_DATA).
     RECIP_DONE = R_DATA + SerialDivider.LATENCY + 5
+    #: LAYERNORM RES: the residual sum h leaves S2 in R_Y2 and enters S1 (for h²) a cycle
+    #: later, so its statistics (and its job) run ``RES_DELAY`` stages after a plain
+    #: LAYERNORM's; its row constants live in a table of ``RES_ROWS`` local rows.
+    RES_DELAY = R_Y2 + 1 - R_S1
+    RES_DONE = LN_DONE + RES_DELAY
+    RES_ROWS = 16
 
     def __init__(self):
         ctl = row_ctl_layout()
@@ -216,10 +237,11 @@ class RowDatapath(wiring.Component):
         # The operation decoded here, registered: it is constant while the operation runs and
         # its first element reaches R_DATA three cycles after the sequencer took it.
         sm, ln, radd, norm = Signal(), Signal(), Signal(), Signal()
-        rcp = Signal()
+        rcp, res = Signal(), Signal()
         m.d.sync += [sm.eq(_is(op.op, RowOp.SOFTMAX)), ln.eq(op.op == RowOp.LAYERNORM),
                      radd.eq(op.op == RowOp.RADD), norm.eq(op.norm),
-                     rcp.eq(op.op == RowOp.RECIP)]
+                     rcp.eq(op.op == RowOp.RECIP),
+                     res.eq((op.op == RowOp.LAYERNORM) & op.res)]
         c_e, sh_e = op.imm[:16], op.imm[16:22]
         r_d = op.imm[:25]
 
@@ -232,6 +254,12 @@ class RowDatapath(wiring.Component):
         shR = [Signal(5, name=f"shR{k}") for k in range(2)]
         # Statistics accumulators and their final values (taken with the pass's last element,
         # so that the next row's pass may start accumulating at once).
+        # LAYERNORM RES: μ, R and 7 + p per local row (its output passes follow all its
+        # statistics passes), read asynchronously by the element's row.
+        m.submodules.res_tab = res_tab = Memory(shape=unsigned(48), depth=self.RES_ROWS,
+                                                init=[])
+        tab_w = res_tab.write_port()
+        tab_r = res_tab.read_port(domain="comb")
         hsum, hsum_fin = Signal(signed(27)), Signal(signed(27))
         sq, sq_fin = Signal(42), Signal(42)
         sig, sig_fin = Signal(32), Signal(32)
@@ -242,6 +270,9 @@ class RowDatapath(wiring.Component):
         h = self.cin[:16].as_signed()
         Mp = Mux(cd.par, M[1], M[0])
         out_d = cd.kind == Pass.OUT
+        m.d.comb += tab_r.addr.eq(cd.row)
+        mu_t = tab_r.data[:28].as_signed()
+        R_t, shR_t = tab_r.data[28:43], tab_r.data[43:48]
         with m.If(cd.acc):          # (LAYERNORM: garbage, unused)
             new_max = Mux(cd.first | (S > Mp), S, Mp)
             with m.If(cd.par):
@@ -260,12 +291,29 @@ class RowDatapath(wiring.Component):
             m.d.sync += [sig_fin.eq(Mux(S < (1 << 8), 1 << 8, S[:31])), den_pos.eq(S > 0)]
         z = Signal(signed(34))
         cdev = Signal(signed(29))
-        m.d.comb += [z.eq(Mp - S), cdev.eq(h - Mux(cd.par, mu[1], mu[0]))]
-        m.d.sync += [
-            self.s1_x.eq(Mux(sm, z, Mux(out_d, cdev, h))),
-            self.s1_m.eq(Mux(sm, c_e, Mux(out_d, Mux(cd.par, R[1], R[0]), h))),
-            self.s1_sh.eq(Mux(sm, sh_e, Mux(out_d, Mux(cd.par, shR[1], shR[0]), 0))),
-        ]
+        m.d.comb += [z.eq(Mp - S),
+                     cdev.eq(h - Mux(res, mu_t, Mux(cd.par, mu[1], mu[0])))]
+        # RES statistics pass: h (S2's result in R_Y2) squared in S1; never in the same cycle
+        # as an output element's S1 operands (the sequencer leaves RES_DELAY + 1 cycles
+        # between the last statistics element and the first output element).
+        cy = self.rc_y2
+        res_y = res & cy.valid & _is(cy.kind, Pass.A)
+        with m.If(res_y):
+            m.d.sync += [self.s1_x.eq(self.y2), self.s1_m.eq(self.y2), self.s1_sh.eq(0)]
+        with m.Else():
+            m.d.sync += [
+                self.s1_x.eq(Mux(sm, z, Mux(out_d, cdev, h))),
+                self.s1_m.eq(Mux(sm, c_e, Mux(out_d, Mux(res, R_t,
+                                                         Mux(cd.par, R[1], R[0])), h))),
+                self.s1_sh.eq(Mux(sm, sh_e, Mux(out_d, Mux(res, shR_t,
+                                                           Mux(cd.par, shR[1], shR[0])), 0))),
+            ]
+        # RES: Σh of the residual sums as they leave S2 (the sequencer sets R_Y2's `acc`).
+        with m.If(cy.acc & res):
+            tot = Mux(cy.first, self.y2, hsum + self.y2)
+            m.d.sync += hsum.eq(tot)
+            with m.If(cy.last):
+                m.d.sync += hsum_fin.eq(tot)
 
         # ---- R_Q1: S1's result. SOFTMAX: u = min(65535, q) (q ≥ 0); LAYERNORM OUT:
         # n = clip(q, int16); LAYERNORM A: Σh².
@@ -308,6 +356,13 @@ class RowDatapath(wiring.Component):
         # uint8); NORM: p = clip(rshift_round(r·e, 24), uint8); LAYERNORM: n·G + B, sh;
         # RADD: x·m, sh (+ h in R_A).
         cs = self.rc_s2
+        # RES statistics elements are residual adds (RADD's S2 operands, int16): flagged in
+        # R_S2 and delayed to S2's addend stages R_C and R_A.
+        res_s = res & cs.valid & _is(cs.kind, Pass.A)
+        res_d = [Signal(name=f"res_d{k}") for k in range(Requant.A_STAGE)]
+        m.d.sync += [res_d[0].eq(res_s)] + [res_d[k + 1].eq(res_d[k])
+                                             for k in range(len(res_d) - 1)]
+        res_c, res_a = res_d[Requant.C_STAGE - 1], res_d[Requant.A_STAGE - 1]
         with m.If(cs.acc):
             tot = Mux(cs.first, e, sig + e)
             m.d.sync += sig.eq(tot)
@@ -315,17 +370,16 @@ class RowDatapath(wiring.Component):
                 m.d.sync += sig_fin.eq(tot)
         r_s2 = Mux(cs.par, rr[1], rr[0])
         m.d.comb += [
-            self.s2_x.eq(Mux(sm, Mux(norm, r_s2, e), Mux(ln, n_s2, self.ain))),
+            self.s2_x.eq(Mux(sm, Mux(norm, r_s2, e), Mux(ln & ~res_s, n_s2, self.ain))),
             self.s2_m.eq(Mux(sm, Mux(norm, e, 1), self.m_d)),
             self.s2_sh.eq(Mux(sm, Mux(norm, 24, 7), self.sh_d)),
-            self.s2_sat.eq(Mux(sm, Sat.UINT8, op.sat)),
-            self.s2_c.eq(Mux(ln, self.bias, 0)),
-            self.s2_a.eq(Mux(radd, self.cin, 0)),
+            self.s2_sat.eq(Mux(sm, Sat.UINT8, Mux(res_s, Sat.INT16, op.sat))),
+            self.s2_c.eq(Mux(ln & ~res_c, self.bias, 0)),
+            self.s2_a.eq(Mux(radd | res_a, self.cin, 0)),
         ]
 
         # ---- R_Y2: S2's result; Σw (SOFTMAX attention OUT).
-        cy = self.rc_y2
-        with m.If(cy.acc):
+        with m.If(cy.acc & ~res):
             tot = Mux(cy.first, self.y2[:8], sig + self.y2[:8])
             m.d.sync += sig.eq(tot)
             with m.If(cy.last):
@@ -339,6 +393,7 @@ class RowDatapath(wiring.Component):
         js = Signal(6)
         job = Signal(2)
         jpar = Signal()
+        jrow = Signal(4)
         q_step = 1 + SerialDivider.LATENCY          # step in which the quotient is valid
         a_last = q_step + 3                         # attention: the RS entry is ready
         trig_ln = cq.acc & cq.last
@@ -348,7 +403,7 @@ class RowDatapath(wiring.Component):
         m.d.sync += js_last.eq(js.any() & Mux(job == _Job.LN, js == self.LN_STEPS - 1,
                                               Mux(norm, js == q_step - 1, js == a_last - 1)))
         with m.If(trig_ln):
-            m.d.sync += [js.eq(1), job.eq(_Job.LN), jpar.eq(cq.par)]
+            m.d.sync += [js.eq(1), job.eq(_Job.LN), jpar.eq(cq.par), jrow.eq(cq.row)]
         with m.Elif(trig_div):
             m.d.sync += [js.eq(1), job.eq(_Job.DIV), jpar.eq(Mux(norm, cs.par, cy.par))]
         with m.Elif(js_last):
@@ -437,11 +492,14 @@ class RowDatapath(wiring.Component):
             m.d.sync += [A.eq(bacc - (hsum_fin << 1)), bx.eq(Cat(Const(0, 1), mu_j))] + start
         with m.If(step(LN, s_v)):
             m.d.sync += v.eq(sqe + bacc)
-        with m.If(step(LN, self.LN_STEPS)):         # the rsqrt of v is out
+        ln_end = step(LN, self.LN_STEPS)            # the rsqrt of v is out
+        with m.If(ln_end):
             for k in range(2):
                 with m.If(jpar == k):
                     m.d.sync += [mu[k].eq(mu_j), R[k].eq(rs.o.payload.r),
                                  shR[k].eq(rs.o.payload.p + 7)]
+        m.d.comb += [tab_w.addr.eq(jrow), tab_w.en.eq(ln_end & res),
+                     tab_w.data.eq(Cat(mu_j, rs.o.payload.r, (rs.o.payload.p + 7)[:5]))]
         return m
 
 
@@ -450,7 +508,7 @@ def row_desc_layout():
     ``passes`` = ⌈rows/P⌉; ``b_base``/``b_stride``: RADD's AMEM source (``imm[15:0]`` of the
     instruction is its stride); ``dst`` a ``hw.isa.Dst`` (CMEM or AMEM)."""
     return data.StructLayout({
-        "op": unsigned(2), "norm": unsigned(1),
+        "op": unsigned(2), "norm": unsigned(1), "res": unsigned(1), "maxc": unsigned(1),
         "rows": unsigned(16), "passes": unsigned(16), "k": unsigned(11),
         "a_base": unsigned(16), "a_stride": unsigned(16),
         "b_base": unsigned(16), "b_stride": unsigned(16),
@@ -512,7 +570,7 @@ class RowSequencer(wiring.Component):
             "pm_tile": Out(AB), "pm_lane": Out(_log2(lanes)),
             "pb_tile": Out(AB), "pb_lane": Out(_log2(lanes)),
             "w_valid": Out(1), "w_addr": Out(AB), "w_rmask": Out(pes), "w_dst": Out(2),
-            "rs_we": Out(pes), "rs_waddr": Out(8),
+            "rs_we": Out(pes), "rs_waddr": Out(8), "pm_sgn": Out(1),
         })
 
     pes = property(lambda self: self._pes)
@@ -527,18 +585,25 @@ class RowSequencer(wiring.Component):
 
         desc = Signal(row_desc_layout())
         m.d.comb += [
-            self.rop.op.eq(desc.op), self.rop.norm.eq(desc.norm), self.rop.imm.eq(desc.imm),
+            self.rop.op.eq(desc.op), self.rop.norm.eq(desc.norm), self.rop.res.eq(desc.res),
+            self.rop.imm.eq(desc.imm),
             self.rop.eps.eq(desc.eps), self.rop.k.eq(desc.k), self.rop.sat.eq(desc.sat),
-            self.w_dst.eq(desc.dst),
         ]
         # The issue decision enables every sequencer register: it uses local registered flags
         # only (the descriptor fans out to every PE). Per operation: which pass starts a job,
         # whether output passes wait for it; per pass: its kind's flags and row parity.
         f_ln, f_radd, f_attn, f_norm = Signal(), Signal(), Signal(), Signal()
         f_rcp = Signal()              # RECIP: one element per row, writes RS only
+        f_res = Signal()              # LAYERNORM RES: every statistics pass, then every output
+        f_mx = Signal()               # SOFTMAX MAXC: pass A is the one element k (the maximum)
+        p_res = Signal(AB)            # RES: PBUF tile of the residual's m / sh (after G, B)
+        gap = Signal(range(RD.RES_DELAY + 1))   # RES: cycles before the first output element
+        jobs_fin = Signal(5)          # RES: jobs finished (rows whose constants are in the table)
+        slack = Signal(range(RD.RES_DELAY + 1))   # the job stages after its last Booth step
         f_wait = Signal()             # LAYERNORM, NORM: an output pass waits for its row's job
         done_val = Signal(7)          # the job latency of the operation
         p_out, p_job, p_wait, p_par = Signal(), Signal(), Signal(), Signal()
+        p_row = Signal(4)
 
         active = Signal()
         kind = Signal(2)
@@ -558,32 +623,44 @@ class RowSequencer(wiring.Component):
         job_rmask = Signal(P)
         tail = Signal(range(RY + 2))
 
-        def set_pass(k, par_v, ln, attn, norm, wait):
-            """The next pass: kind ``k`` (a constant) of a row of parity ``par_v``."""
+        def set_pass(k, row_v, ln, attn, norm, wait):
+            """The next pass: kind ``k`` (a constant) of local row ``row_v``."""
             job_of = {Pass.A: ln, Pass.B: norm, Pass.OUT: attn}[k]
-            return [kind.eq(k), p_par.eq(par_v), p_out.eq(k == Pass.OUT), p_job.eq(job_of),
+            return [kind.eq(k), p_par.eq(row_v[0]), p_row.eq(row_v[:4]),
+                    p_out.eq(k == Pass.OUT), p_job.eq(job_of),
                     p_wait.eq(wait if k == Pass.OUT else 0)]
 
+        # RES: an output pass starts once its row's job has finished (jobs finish in row order,
+        # so jobs_fin ≥ out_row) and, the first, RES_DELAY + 1 cycles after the last statistics
+        # element (S1 and the CMEM read port are then free of the statistics passes).
         hold = ((is_first & p_wait & ~Mux(p_par, ready[1], ready[0])) |
-                (is_last & p_job & ~job_idle))
+                (is_last & p_job & ~job_idle) |
+                (is_first & p_out & f_res & (gap.any() | (jobs_fin == out_row[:5]))))
         issue = Signal()
         m.d.comb += issue.eq(active & ~hold)
 
         # Element pipeline R0 … R_Y: ctl[0] is the element's register.
-        ctl = [Signal(row_ctl_layout(), name=f"ctl{k}") for k in range(RY + 1)]
+        RQR = RD.R_Q1 + RD.RES_DELAY     # RES: h² leaves S1 here
+        NC = max(RY, RQR) + 1
+        ctl = [Signal(row_ctl_layout(), name=f"ctl{k}") for k in range(NC)]
         e0_addr = Signal(AB)
         m.d.sync += [ctl[0].valid.eq(issue), ctl[0].first.eq(is_first), ctl[0].last.eq(is_last),
-                     ctl[0].kind.eq(kind), ctl[0].par.eq(p_par), e0_addr.eq(src)]
-        m.d.sync += [ctl[k + 1].eq(ctl[k]) for k in range(RY)]
+                     ctl[0].kind.eq(kind), ctl[0].par.eq(p_par), ctl[0].row.eq(p_row),
+                     e0_addr.eq(src)]
+        m.d.sync += [ctl[k + 1].eq(ctl[k]) for k in range(NC - 1)]
         # Each exported stage's `acc`: the element updates that stage's statistic (decoded here
         # once, not in every PE).
-        for stage, acc in ((RD.R_DATA, lambda c: _is(c.kind, Pass.A) | f_rcp),
-                           (RD.R_Q1, lambda c: _is(c.kind, Pass.A) & f_ln),
+        # RES: Σh in R_Y2 and Σh² in RQR (the residual sum comes out of S2).
+        for stage, acc in ((RD.R_DATA, lambda c: (_is(c.kind, Pass.A) & ~f_res) | f_rcp),
+                           (RD.R_Q1, lambda c: _is(c.kind, Pass.A) & f_ln & ~f_res),
+                           (RQR, lambda c: _is(c.kind, Pass.A) & f_res),
                            (RD.R_S2, lambda c: c.kind == Pass.B),
-                           (RD.R_Y2, lambda c: (c.kind == Pass.OUT) & f_attn)):
+                           (RD.R_Y2, lambda c: ((c.kind == Pass.OUT) & f_attn) |
+                                               (_is(c.kind, Pass.A) & f_res))):
             c = ctl[stage - 1]
             m.d.sync += ctl[stage].acc.eq(c.valid & acc(c))
-        m.d.comb += [self.rc_data.eq(ctl[RD.R_DATA]), self.rc_q1.eq(ctl[RD.R_Q1]),
+        m.d.comb += [self.rc_data.eq(ctl[RD.R_DATA]),
+                     self.rc_q1.eq(Mux(f_res, ctl[RQR], ctl[RD.R_Q1])),
                      self.rc_s2.eq(ctl[RD.R_S2]), self.rc_y2.eq(ctl[RD.R_Y2])]
 
         accept = self.cmd.valid & self.cmd.ready
@@ -595,26 +672,35 @@ class RowSequencer(wiring.Component):
             d_sm = _is(d.op, RowOp.SOFTMAX)
             d_norm, d_attn = d_sm & d.norm, d_sm & ~d.norm
             d_out_only = d_radd | d_rcp      # no statistics pass
+            d_res = d_ln & d.res
             m.d.sync += [
                 desc.eq(d), active.eq(1),
                 f_ln.eq(d_ln), f_radd.eq(d_radd), f_attn.eq(d_attn), f_norm.eq(d_norm),
-                f_rcp.eq(d_rcp),
-                f_wait.eq(d_ln | d_norm),
-                done_val.eq(Mux(d_ln, RowDatapath.LN_DONE,
+                f_rcp.eq(d_rcp), f_res.eq(d_res), f_mx.eq(d_sm & d.maxc),
+                p_res.eq(d.p_base + ((d.k + (L - 1)) >> _log2(L))),
+                gap.eq(0), jobs_fin.eq(0), slack.eq(Mux(d_res, RD.RES_DELAY, 0)),
+                f_wait.eq((d_ln & ~d_res) | d_norm),
+                done_val.eq(Mux(d_res, RowDatapath.RES_DONE,
+                                Mux(d_ln, RowDatapath.LN_DONE,
                                 Mux(d_norm, RowDatapath.NORM_DONE,
-                                    Mux(d_rcp, RowDatapath.RECIP_DONE, RowDatapath.ATTN_DONE)))),
-                j_left.eq(d.k - 1), is_first.eq(1), is_last.eq(d.k == 1), k_is_1.eq(d.k == 1),
+                                    Mux(d_rcp, RowDatapath.RECIP_DONE,
+                                        RowDatapath.ATTN_DONE))))),
+                j_left.eq(d.k - 1), is_first.eq(1), k_is_1.eq(d.k == 1),
+                is_last.eq((d.k == 1) | (d_sm & d.maxc)),
                 st_left.eq(Mux(d_out_only, 0, d.passes)), out_left.eq(d.passes), st_ahead.eq(0),
                 st_one.eq(~d_out_only & (d.passes == 1)), st_any.eq(~d_out_only),
                 out_one.eq(d.passes == 1),
                 st_row.eq(0), out_row.eq(0),
-                src.eq(d.a_base), st_base.eq(d.a_base), ob_base.eq(d.a_base),
+                src.eq(d.a_base + Mux(d_sm & d.maxc, d.k, 0)), st_base.eq(d.a_base),
+                ob_base.eq(d.a_base),
                 out_rows_left.eq(d.rows),
             ]
+            zero = Const(0, 16)
             with m.If(d_out_only):
-                m.d.sync += set_pass(Pass.OUT, 0, d_ln, d_attn | d_rcp, d_norm, d_ln | d_norm)
+                m.d.sync += set_pass(Pass.OUT, zero, d_ln, d_attn | d_rcp, d_norm,
+                                     (d_ln & ~d_res) | d_norm)
             with m.Else():
-                m.d.sync += set_pass(Pass.A, 0, d_ln, d_attn, d_norm, d_ln | d_norm)
+                m.d.sync += set_pass(Pass.A, zero, d_ln, d_attn, d_norm, (d_ln & ~d_res) | d_norm)
 
         flags = (f_ln, f_attn | f_rcp, f_norm, f_wait)
         with m.If(issue):
@@ -627,17 +713,20 @@ class RowSequencer(wiring.Component):
                                  job_rmask.eq(Cat(*(out_rows_left > p for p in range(P))))]
                 with m.If(f_norm & _is(kind, Pass.A)):
                     # NORM: the second statistics pass of the same row.
-                    m.d.sync += [src.eq(st_base)] + set_pass(Pass.B, p_par, *flags)
+                    m.d.sync += [src.eq(st_base)] + set_pass(Pass.B, st_row, *flags)
                 with m.Elif(~p_out):
                     # The row's statistics are done: the next row's, or an output pass.
                     m.d.sync += [st_left.eq(st_left - 1), st_ahead.eq(st_ahead + 1),
                                  st_one.eq(st_left == 2), st_any.eq(~st_one),
                                  st_row.eq(st_row + 1), st_base.eq(st_base + desc.a_stride)]
-                    with m.If(~st_one & is_zero(st_ahead)):
-                        m.d.sync += ([src.eq(st_base + desc.a_stride)] +
-                                     set_pass(Pass.A, ~st_row[0], *flags))
+                    with m.If(~st_one & (is_zero(st_ahead) | f_res)):
+                        m.d.sync += ([src.eq(st_base + desc.a_stride + Mux(f_mx, desc.k, 0)),
+                                      is_last.eq(k_is_1 | f_mx)] +
+                                     set_pass(Pass.A, st_row + 1, *flags))
                     with m.Else():
-                        m.d.sync += [src.eq(ob_base)] + set_pass(Pass.OUT, out_row[0], *flags)
+                        m.d.sync += [src.eq(ob_base)] + set_pass(Pass.OUT, out_row, *flags)
+                        with m.If(f_res):
+                            m.d.sync += gap.eq(RD.RES_DELAY)
                 with m.Else():
                     m.d.sync += [out_left.eq(out_left - 1), st_ahead.eq(st_ahead - 1),
                                  out_one.eq(out_left == 2),
@@ -646,12 +735,16 @@ class RowSequencer(wiring.Component):
                     with m.If(out_one):
                         m.d.sync += active.eq(0)
                     with m.Elif(st_any):
-                        m.d.sync += [src.eq(st_base)] + set_pass(Pass.A, st_row[0], *flags)
+                        m.d.sync += ([src.eq(st_base + Mux(f_mx, desc.k, 0)),
+                                      is_last.eq(k_is_1 | f_mx)] +
+                                     set_pass(Pass.A, st_row, *flags))
                     with m.Else():
                         m.d.sync += ([src.eq(ob_base + desc.a_stride)] +
-                                     set_pass(Pass.OUT, ~out_row[0], *flags))
+                                     set_pass(Pass.OUT, out_row + 1, *flags))
         with m.Elif(tail.any()):
             m.d.sync += tail.eq(tail - 1)
+        with m.If(gap.any() & ~(issue & is_last)):
+            m.d.sync += gap.eq(gap - 1)
 
         # Jobs: results valid `done_val` cycles after the R0 of the pass's last element.
         start_job = issue & is_last & p_job
@@ -659,8 +752,15 @@ class RowSequencer(wiring.Component):
             m.d.sync += job_left.eq(done_val)
         with m.Elif(job_left.any()):
             m.d.sync += job_left.eq(job_left - 1)
-        m.d.sync += job_idle.eq(~start_job & (job_left <= 1))
+        m.d.sync += job_idle.eq(~start_job & (job_left <= 1 + slack))
         finishing = job_left == 1
+        # RES: the next job may start before this one's results are in the table (the hold
+        # releases RES_DELAY cycles early, job_left restarts), so its end travels down a delay
+        # line from there.
+        fin_line = Signal(RD.RES_DELAY)
+        m.d.sync += fin_line.eq(Cat(f_res & (job_left == 1 + RD.RES_DELAY), fin_line[:-1]))
+        with m.If(fin_line[-1]):
+            m.d.sync += jobs_fin.eq(jobs_fin + 1)
         rs_pending = Signal()
         m.d.sync += [self.rs_we.eq(Mux(finishing & (f_attn | f_rcp), job_rmask, 0)),
                      self.rs_waddr.eq(job_row), rs_pending.eq(finishing)]
@@ -684,21 +784,40 @@ class RowSequencer(wiring.Component):
             c = ctl[s - 1]
             return c.valid & (c.kind == Pass.OUT), c.first
 
-        def column_counter(s, tile, lane):
+        def res_at(s):
+            """RES statistics elements: residual adds (RADD's reads, m / sh and CMEM write)."""
+            c = ctl[s - 1]
+            return c.valid & _is(c.kind, Pass.A) & f_res, c.first
+
+        def radd_at(s):
+            (go_o, first), (go_r, _) = out_at(s), res_at(s)
+            return Mux(f_res, go_r, go_o), first
+
+        def column_counter(s, tile, lane, res=False):
             go, first = out_at(s)
+            if res:
+                go_r, _ = res_at(s)
+                go = go | go_r
+                base = Mux(go_r, p_res, desc.p_base)
+            else:
+                base = desc.p_base
             with m.If(go):
                 with m.If(first):
-                    m.d.sync += [tile.eq(desc.p_base), lane.eq(0)]
+                    m.d.sync += [tile.eq(base), lane.eq(0)]
                 with m.Else():
                     m.d.sync += lane.eq(lane + 1)
                     with m.If(lane == L - 1):
                         m.d.sync += tile.eq(tile + 1)
 
-        column_counter(RD.R_PARAM - self.PBUF_M_LATENCY, self.pm_tile, self.pm_lane)
+        column_counter(RD.R_PARAM - self.PBUF_M_LATENCY, self.pm_tile, self.pm_lane, res=True)
+        # LAYERNORM's G (output elements) is signed, RADD's m unsigned: the PEs take m in
+        # R_PARAM.
+        cp = ctl[RD.R_PARAM]
+        m.d.comb += self.pm_sgn.eq(f_ln & (cp.kind == Pass.OUT))
         column_counter(RD.R_C - self.PBUF_B_LATENCY, self.pb_tile, self.pb_lane)
 
-        def row_counter(s, addr, base, stride, init):
-            go, first = out_at(s)
+        def row_counter(s, addr, base, stride, init, at=out_at):
+            go, first = at(s)
             with m.If(accept):
                 m.d.sync += base.eq(init)
             with m.Elif(go):
@@ -708,21 +827,37 @@ class RowSequencer(wiring.Component):
                     m.d.sync += addr.eq(addr + 1)
 
         # RADD: x from AMEM (needed in R_S2), h from CMEM (needed in R_A).
+        # RES: the same for its statistics elements, which also write h back in place.
         ar, ar_base = Signal(AB), Signal(AB)
-        row_counter(RD.R_S2 - RD.R_DATA, ar, ar_base, desc.b_stride, pl.b_base)
+        row_counter(RD.R_S2 - RD.R_DATA, ar, ar_base, desc.b_stride, pl.b_base, at=radd_at)
         cr, cr_base = Signal(AB), Signal(AB)
-        row_counter(RD.R_A - RD.R_DATA, cr, cr_base, desc.a_stride, pl.a_base)
-        m.d.comb += [self.a_raddr.eq(ar), self.c_raddr.eq(Mux(f_radd, cr, e0_addr))]
+        CRS = RD.R_A - RD.R_DATA
+        row_counter(CRS, cr, cr_base, desc.a_stride, pl.a_base, at=radd_at)
+        cr_res = Signal()            # a RES statistics element reads its h now
+        m.d.sync += cr_res.eq(res_at(CRS)[0])
+        m.d.comb += [self.a_raddr.eq(ar), self.c_raddr.eq(Mux(f_radd | cr_res, cr, e0_addr))]
 
-        # Results (R_Y): address and the PEs whose row exists.
-        w_base = Signal(AB)
-        w_rows_left = Signal(signed(17))
-        row_counter(RY, self.w_addr, w_base, desc.out_stride, pl.out_base)
-        go, first = out_at(RY)
-        m.d.sync += self.w_valid.eq(go & ~f_rcp)       # RECIP writes RS only
-        with m.If(accept):
-            m.d.sync += w_rows_left.eq(pl.rows)
-        with m.Elif(go & first):
-            m.d.sync += [self.w_rmask.eq(Cat(*(w_rows_left > p for p in range(P)))),
-                         w_rows_left.eq(w_rows_left - P)]
+        # Results (R_Y): address and the PEs whose row exists (RES statistics elements: h in
+        # place, into CMEM).
+        def writes(at, base_init, stride):
+            addr, base = Signal(AB), Signal(AB)
+            rows_left = Signal(signed(17))
+            rmask = Signal(P)
+            row_counter(RY, addr, base, stride, base_init, at=at)
+            go, first = at(RY)
+            with m.If(accept):
+                m.d.sync += rows_left.eq(pl.rows)
+            with m.Elif(go & first):
+                m.d.sync += [rmask.eq(Cat(*(rows_left > p for p in range(P)))),
+                             rows_left.eq(rows_left - P)]
+            return go, addr, rmask
+
+        go_o, w_addr_o, rmask_o = writes(out_at, pl.out_base, desc.out_stride)
+        go_r, w_addr_r, rmask_r = writes(res_at, pl.a_base, desc.a_stride)
+        w_res = Signal()
+        m.d.sync += [self.w_valid.eq((go_o & ~f_rcp) | go_r),    # RECIP writes RS only
+                     w_res.eq(go_r)]
+        m.d.comb += [self.w_addr.eq(Mux(w_res, w_addr_r, w_addr_o)),
+                     self.w_rmask.eq(Mux(w_res, rmask_r, rmask_o)),
+                     self.w_dst.eq(Mux(w_res, Dst.CMEM, desc.dst))]
         return m

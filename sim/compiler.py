@@ -30,8 +30,8 @@ from hw.isa import Dst, Op, Sat
 
 from .errors import InputError
 from .golden.fixed import INT8, INT9, INT16, INT32
-from .program import (LOAD_OPS, MAX_ROW_K, ROW_OPS, RS_ENTRIES, TABLE_ENTRIES, AccelConfig,
-                      Assembler,
+from .program import (LOAD_OPS, MAX_ROW_K, RES_ROWS, ROW_OPS, RS_ENTRIES, TABLE_ENTRIES,
+                      AccelConfig, Assembler,
                       CostModel, ImageBuilder, Job, OutputBlock, _ceil, a_words, accesses,
                       b_words, c_words, lag_of, param_words, t_words, w_delta_words)
 
@@ -636,6 +636,9 @@ class Layout:
     Np: int = 0
     T8: int = 0
     VL: int = 0
+    # MAXC: the scores MATMUL writes each row's maximum into column N (score stride N + 1) and
+    # the SOFTMAX skips its maximum pass; off when CMEM has no room for the extra column
+    maxc: bool = True
 
     def describe(self):
         return {"AMEM": {"XA": self.XA, "QA": self.QA, "WA": self.WA, "GA": self.GA,
@@ -679,10 +682,14 @@ def kwt_layouts(cfg, *, N, D, H, F, k_in=0, out_cols=0, out_rows=0, attention=Tr
                              f"({fixed} words) and weights")
     kin_p = _pad(k_in, L) if k_in else 0
     XA, QA, WA = 0, R * Dp, 2 * R * Dp
-    SC, HC = 0, (R * N if attention else 0)
     out_size = _ceil(out_rows or N, P) * max(Dp, _pad(out_cols, L))
-    OUT = SC if attention and out_size <= R * N else HC + R * Dp     # over the dead scores
-    cmem = max(HC + R * Dp, OUT + out_size, XA + R * Dp)           # XA: embedding start values
+    for maxc in (True, False):
+        # scores (with their row maxima, MAXC), then the residual
+        SC, HC = 0, (R * (N + maxc) if attention else 0)
+        OUT = SC if attention and out_size <= HC else HC + R * Dp     # over the dead scores
+        cmem = max(HC + R * Dp, OUT + out_size, XA + R * Dp)       # XA: embedding start values
+        if cmem <= cfg.cmem_depth:
+            break
     if cmem > cfg.cmem_depth:
         raise InputError(f"CMEM needs {cmem} elements per PE (scores {R}×{N}, residual "
                          f"{R}×{Dp}, output), the accelerator has {cfg.cmem_depth}")
@@ -707,7 +714,8 @@ def kwt_layouts(cfg, *, N, D, H, F, k_in=0, out_cols=0, out_rows=0, attention=Tr
         yield Layout(P=P, L=L, N=N, D=D, H=H, F=F, R=R, Dp=Dp, d=d, fc=fc, Fcp=Fcp, XA=XA,
                      QA=QA, WA=WA, GA=QA, XB=XA, IN=QA, IN_stride=kin_p, amem=amem, SC=SC,
                      HC=HC, OUT=OUT, cmem=cmem, KT=KT, VB=VB, bbuf_fixed=fixed,
-                     ffn_chunks=bounds, KA=KA, Np=Np if linear else 0, T8=T8, VL=VL)
+                     ffn_chunks=bounds, KA=KA, Np=Np if linear else 0, T8=T8, VL=VL,
+                     maxc=maxc)
     if not found:
         raise InputError(f"AMEM needs {need} elements per PE for {N} tokens, dim {D}"
                          + (f", MLP {F} (even split into column chunks)" if ffn else "")
@@ -841,16 +849,19 @@ def lower_linear_attention(b, lay, *, rows, wqkv, m_qkv, sh_qkv, phi_q, phi_k, m
 
 def _attention_core(b, lay, *, rows, q_base, q_stride, c_e, sh_e, m_a, sh_a, name, out,
                     k_item=None, v_item=None, dv=None):
-    """S = q·kᵀ → CMEM SC, SOFTMAX (attention mode) → AMEM WA, P·V with RSCALE and the column
+    """S = q·kᵀ → CMEM SC (stride N + 1: MAXC puts each row's maximum in column N, if
+    ``lay.maxc``), SOFTMAX (attention mode, MAXC: no maximum pass) → AMEM WA, P·V with RSCALE and the column
     requantization → ``out``. Kᵀ and V come from the BBUF slots or, for a standalone attention,
     from items."""
     N, d, L = lay.N, lay.d, lay.L
     dv = d if dv is None else dv
     kw_k = dict(b=k_item) if k_item is not None else dict(b_base=lay.KT)
+    mx = lay.maxc
     b.op("matmul", rows=rows, k=d, tiles=_ceil(N, L), n=N, a_base=q_base, a_stride=q_stride,
-         dst=Dst.CMEM, out_base=lay.SC, out_stride=N, macs=rows * d * N, **kw_k)
-    b.op("softmax", rows=rows, k=N, a_base=lay.SC, a_stride=N, dst=Dst.AMEM, out_base=lay.WA,
-         out_stride=N, c_e=int(c_e), sh_e=int(sh_e))
+         dst=Dst.CMEM, out_base=lay.SC, out_stride=N + mx, maxc=mx, macs=rows * d * N,
+         **kw_k)
+    b.op("softmax", rows=rows, k=N, a_base=lay.SC, a_stride=N + mx, dst=Dst.AMEM,
+         out_base=lay.WA, out_stride=N, c_e=int(c_e), sh_e=int(sh_e), maxc=mx)
     kw_v = dict(b=v_item) if v_item is not None else dict(b_base=lay.VB)
     req = out["dst"] == Dst.CMEM
     b.op("matmul", p=b.p_item(f"{name}.pa", 0, m_a, sh_a, dv), rows=rows, k=N,
@@ -868,18 +879,46 @@ def lower_out_proj(b, lay, *, rows, wo, bo, m_o, sh_o, name):
 
 
 def lower_residual_norm(b, lay, *, rows, x_base, m_r, sh_r, ln, out, name):
-    """RADD (CMEM HC += x·m_r ≫ sh_r, int16) then LAYERNORM → ``out`` (int9)."""
-    D, Dp = lay.D, lay.Dp
+    """CMEM HC += x·m_r ≫ sh_r (int16, in place), then the LayerNorm of HC → ``out`` (int9):
+    one LAYERNORM with the fused residual add (RES) per RES_ROWS local rows, its PBUF item
+    G, B, sh_o then m_r, sh_r; RADD then LAYERNORM when its 2·⌈D/L⌉ tiles take more than a
+    quarter of PBUF (they would crowd the weights' parameters out of the ring)."""
+    D, Dp, P, L = lay.D, lay.Dp, lay.P, lay.L
+    T = _ceil(D, L)
+    if 2 * T <= b.cfg.pbuf_depth // 4:
+        G = _ln_gain(ln, D, name)
+
+        def tile(a):
+            a = np.broadcast_to(np.asarray(a, dtype=np.int64), (D,))
+            return np.concatenate([a, np.zeros(T * L - D, dtype=np.int64)])
+
+        pi = b.p_item(f"{name}.plnr", np.concatenate([tile(ln["B"]), tile(0)]),
+                      np.concatenate([tile(G), tile(m_r)]),
+                      np.concatenate([tile(ln["sh_o"]), tile(sh_r)]), 2 * T * L)
+        step = RES_ROWS * P
+        for r0 in range(0, rows, step):
+            loc = r0 // P              # the piece's first local row
+            b.op("layernorm", p=pi, rows=min(step, rows - r0), k=D, a_base=lay.HC + loc * Dp,
+                 a_stride=Dp, res=True, b_base=x_base + loc * Dp, b_stride=Dp,
+                 r_d=int(ln["r_d"]), E=int(ln["E"]), sat=Sat.INT9, dst=out["dst"],
+                 out_base=out["out_base"] + loc * out["out_stride"],
+                 out_stride=out["out_stride"])
+        return
     b.op("radd", p=b.p_item(f"{name}.pr", 0, m_r, sh_r, D), rows=rows, k=D, a_base=lay.HC,
          a_stride=Dp, b_base=x_base, b_stride=Dp, dst=Dst.CMEM, out_base=lay.HC, out_stride=Dp,
          sat=Sat.INT16)
     _layernorm_op(b, D=D, Dp=Dp, rows=rows, src=lay.HC, ln=ln, out=out, name=name)
 
 
-def _layernorm_op(b, *, D, Dp, rows, src, ln, out, name):
+def _ln_gain(ln, D, name):
     G = np.broadcast_to(np.asarray(ln["G"], dtype=np.int64), (D,))
     if G.min() < -(1 << 15) or G.max() >= 1 << 15:
         raise InputError(f"{name}: LayerNorm G outside int16")
+    return G
+
+
+def _layernorm_op(b, *, D, Dp, rows, src, ln, out, name):
+    G = _ln_gain(ln, D, name)
     b.op("layernorm", p=b.p_item(f"{name}.pln", ln["B"], G, ln["sh_o"], D), rows=rows, k=D,
          a_base=src, a_stride=Dp, r_d=int(ln["r_d"]), E=int(ln["E"]), sat=Sat.INT9, **out)
 
@@ -1281,6 +1320,8 @@ def attention_job(q, k, v, c_e, sh_e, m_a, sh_a, *, config=None, pes=None, lanes
     R, dp, dvp = _ceil(N, P), _pad(d, L), _pad(dv, L)
     if R > RS_ENTRIES:
         raise InputError(f"{R} rows per PE: the row scales hold {RS_ENTRIES}")
+    mx = R * (N + 1 + dvp) <= cfg.cmem_depth      # room for the row maxima (MAXC)
+    Ns = N + mx
     if R * (dp + N) > cfg.amem_depth or R * (N + dvp) > cfg.cmem_depth:
         raise InputError(f"attention over {N} tokens needs {R * (dp + N)} AMEM and "
                          f"{R * (N + dvp)} CMEM elements per PE; the accelerator has "
@@ -1290,7 +1331,8 @@ def attention_job(q, k, v, c_e, sh_e, m_a, sh_a, *, config=None, pes=None, lanes
     b.set_section("attention")
     lay = Layout(P=P, L=L, N=N, D=d, H=1, F=0, R=R, Dp=dp, d=d, fc=0, Fcp=0, XA=0, QA=0,
                  WA=R * dp, GA=0, XB=0, IN=0, IN_stride=0, amem=R * (dp + N), SC=0, HC=0,
-                 OUT=R * N, cmem=R * (N + dvp), KT=0, VB=0, bbuf_fixed=0, ffn_chunks=[])
+                 OUT=R * Ns, cmem=R * (Ns + dvp), KT=0, VB=0, bbuf_fixed=0,
+                 ffn_chunks=[], maxc=mx)
     _attention_core(b, lay, rows=N, q_base=0, q_stride=dp, c_e=c_e, sh_e=sh_e, m_a=m_a,
                     sh_a=sh_a, name="attention", dv=dv,
                     out=dict(dst=Dst.CMEM, out_base=lay.OUT, out_stride=dvp),

@@ -33,6 +33,7 @@ import numpy as np
 from hw.isa import INSTR_BITS, Dst, ErrorCode, Flag, Op, Sat, decode, encode
 from hw.array import DELTA_BLOCKS
 from hw.pe import PE
+from hw.rowunit import RowDatapath
 
 from .errors import InputError, KwsError
 from .golden import add as golden_add
@@ -60,11 +61,13 @@ PBUF_TILE_WORDS = 7
 C_TILE_WORDS = 4          # STORE_C: one row's L int32 of one tile
 AMEM_BITS = 9
 BBUF_BITS = 8
-MATMUL_FLAGS = int(Flag.BIAS | Flag.ACCUM | Flag.RELU | Flag.RSCALE | Flag.REQ | Flag.ACT)
+MATMUL_FLAGS = int(Flag.BIAS | Flag.ACCUM | Flag.RELU | Flag.RSCALE | Flag.REQ | Flag.ACT
+                   | Flag.MAXC)
 DMATMUL_FLAGS = int(Flag.BIAS | Flag.RELU | Flag.REQ | Flag.ACT)
 ROW_OPS = (Op.SOFTMAX, Op.LAYERNORM, Op.RADD, Op.RECIP)
 LOAD_OPS = (Op.LOAD_A, Op.LOAD_B, Op.LOAD_P, Op.LOAD_C, Op.LOAD_T)
 RS_ENTRIES = 256             # row-scale entries per PE
+RES_ROWS = RowDatapath.RES_ROWS   # local rows of one LAYERNORM RES (its row-constant table)
 TABLE_ENTRIES = 512          # activation table: two tables of 256 int9
 MAX_ROW_K = 1024             # longest row of a row operation
 LAG_MASK = 0xFF              # the load lag: ext_addr[7:0] of MATMUL and the row operations
@@ -73,6 +76,33 @@ LAG_MASK = 0xFF              # the load lag: ext_addr[7:0] of MATMUL and the row
 def lag_of(i):
     """The load lag of a MATMUL / row operation (``ext_addr[7:0]``)."""
     return i["ext_addr"] & LAG_MASK
+
+
+def res_row_span(passes, k):
+    """Cycles from the first to one past the last element of a LAYERNORM RES with ``passes``
+    local rows of k (hw/rowunit.py, *cycle cost*): the statistics passes, their last elements
+    at least LN_DONE + 1 apart; the first output element RES_DELAY + 1 cycles after the last
+    statistics element; output pass r not before its row's job has finished (RES_DONE + 1
+    after the last element of its statistics pass)."""
+    RD = RowDatapath
+    last = [k - 1]
+    for _ in range(1, passes):
+        last.append(last[-1] + max(k, RD.LN_DONE + 1))
+    f = max(last[-1] + RD.RES_DELAY + 1, last[0] + RD.RES_DONE + 1)
+    for r in range(1, passes):
+        f = max(f + k, last[r] + RD.RES_DONE + 1)
+    return f + k
+
+
+def is_res(i):
+    """A LAYERNORM with the fused residual add (flag RES)."""
+    return i["op"] == Op.LAYERNORM and bool(i["flags"] & Flag.RES)
+
+
+def x_stride(i):
+    """The AMEM row stride of the residual's x: RADD ``imm[15:0]``, LAYERNORM RES
+    ``ext_addr[23:8]``."""
+    return (i["ext_addr"] >> 8) & 0xFFFF if is_res(i) else i["imm"] & 0xFFFF
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,11 +376,13 @@ class Assembler:
 
     def matmul(self, *, rows, k, tiles, n=0, a_base=0, a_stride=None, b_base=0, p_base=0,
                dst=Dst.CMEM, out_base=0, out_stride=None, sat=Sat.INT8, bias=False, accum=False,
-               relu=False, rscale=False, req=False, act=False, table=0, lag=0):
-        """``table``: which activation table ACT uses (``imm[0]``)."""
+               relu=False, rscale=False, req=False, act=False, table=0, lag=0, maxc=False):
+        """``table``: which activation table ACT uses (``imm[0]``); ``maxc``: each row's
+        maximum into CMEM column N (flag MAXC)."""
         flags = ((Flag.BIAS if bias else 0) | (Flag.ACCUM if accum else 0)
                  | (Flag.RELU if relu else 0) | (Flag.RSCALE if rscale else 0)
-                 | (Flag.REQ if req else 0) | (Flag.ACT if act else 0))
+                 | (Flag.REQ if req else 0) | (Flag.ACT if act else 0)
+                 | (Flag.MAXC if maxc else 0))
         if out_stride is None:
             out_stride = tiles * self.cfg.lanes
         return self._emit(Op.MATMUL, rows=rows, k=k, tiles=tiles, a_base=a_base,
@@ -385,14 +417,16 @@ class Assembler:
         return self._emit(Op.LOAD_T, ext_addr=ext_addr, count=count, a_base=a_base)
 
     def softmax(self, *, rows, k, a_base=0, a_stride=None, out_base=0, out_stride=None,
-                dst=Dst.AMEM, c_e, sh_e, norm=False, lag=0):
-        """Attention mode (weights + row scales) or, with ``norm``, probabilities."""
+                dst=Dst.AMEM, c_e, sh_e, norm=False, lag=0, maxc=False):
+        """Attention mode (weights + row scales) or, with ``norm``, probabilities; ``maxc``:
+        each row's maximum is at column k (written by a MATMUL with MAXC)."""
         if not 0 <= int(c_e) < 1 << 16 or not 0 <= int(sh_e) < 64:
             raise InputError(f"SOFTMAX constants c_e={c_e} (16 bits), sh_e={sh_e} (6 bits)")
         return self._emit(Op.SOFTMAX, rows=rows, k=k, a_base=a_base,
                           a_stride=k if a_stride is None else a_stride, dst=int(dst),
                           out_base=out_base, out_stride=k if out_stride is None else out_stride,
-                          flags=Flag.NORM if norm else 0, imm=int(c_e) | int(sh_e) << 16,
+                          flags=(Flag.NORM if norm else 0) | (Flag.MAXC if maxc else 0),
+                          imm=int(c_e) | int(sh_e) << 16,
                           ext_addr=self._lag(lag))
 
     def recip(self, *, rows, a_base=0, a_stride=1, lag=0):
@@ -401,15 +435,28 @@ class Assembler:
                           dst=int(Dst.CMEM), ext_addr=self._lag(lag))
 
     def layernorm(self, *, rows, k, a_base=0, a_stride=None, out_base=0, out_stride=None,
-                  dst=Dst.AMEM, p_base=0, r_d, E, sat=Sat.INT9, lag=0):
-        """PBUF tiles ``p_base…``: bias = B_j, m = G_j (signed), sh = the output shift."""
+                  dst=Dst.AMEM, p_base=0, r_d, E, sat=Sat.INT9, lag=0, res=False, b_base=0,
+                  b_stride=None):
+        """PBUF tiles ``p_base…``: bias = B_j, m = G_j (signed), sh = the output shift.
+        ``res``: the fused residual add (flag RES): the source rows first become
+        ``clip(CMEM[a] + rshift_round(AMEM[b]·m, sh), int16)`` (written back in place), with
+        x rows at ``b_base`` (stride ``b_stride``, in ``ext_addr[23:8]``) and m / sh in the
+        ⌈k/L⌉ PBUF tiles after G, B."""
         if not 0 <= int(r_d) < 1 << 25 or not 0 <= int(E) < 1 << 40:
             raise InputError(f"LAYERNORM constants r_D={r_d} (25 bits), E={E} (40 bits)")
+        ext = self._lag(lag)
+        if res:
+            b_stride = k if b_stride is None else b_stride
+            if not 0 <= int(b_stride) < 1 << 16:
+                raise InputError(f"LAYERNORM RES AMEM row stride {b_stride} does not fit 16 "
+                                 f"bits")
+            ext |= int(b_stride) << 8
         return self._emit(Op.LAYERNORM, rows=rows, k=k, a_base=a_base,
                           a_stride=k if a_stride is None else a_stride, dst=int(dst),
                           out_base=out_base, out_stride=k if out_stride is None else out_stride,
                           p_base=p_base, imm=int(r_d), count=int(E) & 0xFFFFFFFF,
-                          tiles=int(E) >> 32, sat=int(_sat(sat)), ext_addr=self._lag(lag))
+                          tiles=int(E) >> 32, sat=int(_sat(sat)), ext_addr=ext,
+                          flags=Flag.RES if res else 0, b_base=b_base if res else 0)
 
     def radd(self, *, rows, k, a_base=0, a_stride=None, b_base=0, b_stride=None, out_base=0,
              out_stride=None, dst=Dst.CMEM, p_base=0, sat=Sat.INT16, lag=0):
@@ -464,7 +511,9 @@ def static_check(i, cfg):
             errs.append((code, f"{what} end {end} > depth {limit}"))
 
     flags = i["flags"]
-    allowed = MATMUL_FLAGS if op == Op.MATMUL else int(Flag.NORM) if op == Op.SOFTMAX else 0
+    allowed = (MATMUL_FLAGS if op == Op.MATMUL else int(Flag.NORM | Flag.MAXC)
+               if op == Op.SOFTMAX
+               else int(Flag.RES) if op == Op.LAYERNORM else 0)
     if op == Op.DMATMUL:
         allowed = DMATMUL_FLAGS
     if flags & ~allowed:
@@ -507,6 +556,10 @@ def static_check(i, cfg):
             return ErrorCode.BAD_FIELD, f"RSCALE with {R} row passes (> {RS_ENTRIES})"
         if dst in (Dst.AMEM, Dst.AMEM_T) and sat == Sat.INT16:
             return ErrorCode.BAD_FIELD, "AMEM holds int9: sat INT16 is not allowed"
+        if flags & Flag.MAXC and (dst != Dst.CMEM or flags & Flag.REQ):
+            return ErrorCode.BAD_FIELD, "MAXC needs dst CMEM without REQ"
+        if flags & Flag.MAXC and i["out_stride"] <= N:
+            return ErrorCode.BAD_FIELD, f"MAXC: out_stride {i['out_stride']} must exceed N = {N}"
         if dst == Dst.AMEM_T and (flags & Flag.ACCUM or i["out_base"] % L or i["out_stride"] % L):
             return ErrorCode.BAD_FIELD, "AMEM_T: no ACCUM; out_base and out_stride multiples of L"
         if dst in (Dst.BBUF_ROWS, Dst.BBUF_T) and sat != Sat.INT8:
@@ -520,7 +573,7 @@ def static_check(i, cfg):
         elif dst == Dst.AMEM_T:
             o_end = i["out_base"] + (_ceil(N, P) - 1) * i["out_stride"] + M
         else:
-            o_end = i["out_base"] + rm1 * i["out_stride"] + N
+            o_end = i["out_base"] + rm1 * i["out_stride"] + N + (1 if flags & Flag.MAXC else 0)
         if dst in (Dst.AMEM, Dst.AMEM_T):
             over(ErrorCode.AMEM_RANGE, "AMEM write", o_end, cfg.amem_depth)
         if dst == Dst.CMEM or flags & Flag.ACCUM:
@@ -577,6 +630,9 @@ def static_check(i, cfg):
                 return ErrorCode.BAD_FIELD, "AMEM holds int9: sat INT16 is not allowed"
         if op == Op.SOFTMAX and not flags & Flag.NORM and R > RS_ENTRIES:
             return ErrorCode.BAD_FIELD, f"SOFTMAX with {R} local rows (> {RS_ENTRIES} row scales)"
+        res = op == Op.LAYERNORM and flags & Flag.RES
+        if res and R > RES_ROWS:
+            return ErrorCode.BAD_FIELD, f"LAYERNORM RES with {R} local rows (> {RES_ROWS})"
         if op == Op.RECIP:
             if k != 1 or dst != Dst.CMEM:
                 return ErrorCode.BAD_FIELD, "RECIP: k must be 1 and dst CMEM (it writes RS only)"
@@ -587,17 +643,18 @@ def static_check(i, cfg):
             errs.sort(key=lambda e: e[0])
             return errs[0] if errs else None
         o_end = i["out_base"] + rm1 * i["out_stride"] + k
-        if op == Op.RADD:
-            over(ErrorCode.AMEM_RANGE, "AMEM read", i["b_base"] + rm1 * (i["imm"] & 0xFFFF) + k,
+        if op == Op.RADD or res:
+            over(ErrorCode.AMEM_RANGE, "AMEM read", i["b_base"] + rm1 * x_stride(i) + k,
                  cfg.amem_depth)
         if dst == Dst.AMEM:
             over(ErrorCode.AMEM_RANGE, "AMEM write", o_end, cfg.amem_depth)
-        over(ErrorCode.CMEM_RANGE, "CMEM read", i["a_base"] + rm1 * i["a_stride"] + k,
-             cfg.cmem_depth)
+        over(ErrorCode.CMEM_RANGE, "CMEM read", i["a_base"] + rm1 * i["a_stride"] + k
+             + (1 if op == Op.SOFTMAX and flags & Flag.MAXC else 0), cfg.cmem_depth)
         if dst == Dst.CMEM:
             over(ErrorCode.CMEM_RANGE, "CMEM write", o_end, cfg.cmem_depth)
         if op != Op.SOFTMAX:
-            over(ErrorCode.PBUF_RANGE, "PBUF read", i["p_base"] + _ceil(k, L), cfg.pbuf_depth)
+            over(ErrorCode.PBUF_RANGE, "PBUF read", i["p_base"] + _ceil(k, L) * (2 if res else 1),
+                 cfg.pbuf_depth)
     order = [ErrorCode.AMEM_RANGE, ErrorCode.CMEM_RANGE, ErrorCode.BBUF_RANGE,
              ErrorCode.PBUF_RANGE]
     errs.sort(key=lambda e: order.index(e[0]))
@@ -1318,14 +1375,18 @@ class CostModel:
             # one element per row, rows one job apart (hw.rowunit.RowDatapath.RECIP_DONE), the
             # last RS write
             return rows * (done["RECIP"] + 1) + 2
+        if is_res(i):
+            return res_row_span(rows, k) + self.row_pipe
         if op == Op.LAYERNORM:
             d = done["LAYERNORM"]
             return rows * max(2 * k, d + 1) + self.row_pipe + max(0, d + 1 - 2 * k)
+        # MAXC: the maximum pass is one element (column k)
+        n_a = 1 if i["flags"] & Flag.MAXC else k
         if i["flags"] & Flag.NORM:
             d = done["NORM"]
-            return rows * max(3 * k, d + 1) + d + self.row_pipe + 1
+            return rows * max(2 * k + n_a, d + 1) + d + self.row_pipe + 1
         d = done["SOFTMAX"]
-        return rows * max(2 * k, d + 1) + d + 1
+        return rows * max(k + n_a, d + 1) + d + 1
 
     def run(self, program, cfg, prog_len=None, events=None, timeline=None):
         """Counters for a program executed from start to HALT (no errors). ``events``: a list
@@ -1347,6 +1408,7 @@ class CostModel:
         busy_end = 0                 # the array is idle from this cycle on
         last_beat = -L - 4           # of the previous tile (the drain spacing)
         prev_local = False
+        prev_maxc = False            # the previous MATMUL wrote row maxima (MAXC)
         done = []                    # per MATMUL: the cycle its results are readable in CMEM
         mac = array_cycles = instret = 0
         for i in program.instrs:
@@ -1389,12 +1451,16 @@ class CostModel:
                 ntiles = _ceil(i["rows"], P) * i["tiles"]
                 # The first tile's last beat: K beats, and last beats at least L apart (the
                 # drain; L + 4 before an ACCUM's first tile).
-                gap = L + 4 if i["flags"] & Flag.ACCUM else L
+                # MAXC: L + 4 after each row pass (the row maximum's CMEM write).
+                gap = L + 4 if i["flags"] & Flag.ACCUM or prev_maxc else L
                 first_last = max(accept + i["k"], last_beat + gap)
                 last_beat = first_last + (ntiles - 1) * tile
+                prev_maxc = bool(i["flags"] & Flag.MAXC)
+                if prev_maxc:
+                    last_beat += (_ceil(i["rows"], P) - 1) * max(0, L + 4 - tile)
                 mac += ntiles * i["k"]
                 array_free = last_beat + 1
-                done.append(last_beat + L + self.done_extra)
+                done.append(last_beat + L + self.done_extra + prev_maxc)
                 log((instret - 1, "MATMUL accept", accept))
                 log((instret - 1, "MATMUL done", done[-1]))
                 end = last_beat + L + self.busy_extra
@@ -1421,6 +1487,7 @@ class CostModel:
                 stall_dma += max(0, need - t)
                 accept = max(ok + 1, array_free)
                 beats, last_beat, end = self.dmatmul_timing(i, cfg, accept, last_beat)
+                prev_maxc = False
                 mac += beats
                 array_free = last_beat + 1
                 done.append(end)
@@ -1593,6 +1660,8 @@ class _Machine:
             o_idx = i["out_base"] + local[:, None] * i["out_stride"] + cols[None, :]
             if dst == Dst.CMEM and not flags & Flag.REQ:
                 self.cmem[p][o_idx] = s
+                if flags & Flag.MAXC:
+                    self.cmem[p][i["out_base"] + local * i["out_stride"] + N] = s.max(axis=-1)
                 continue
             y = golden_requant(s, mm, ss, lo, hi)
             if flags & Flag.RELU:
@@ -1678,6 +1747,13 @@ class _Machine:
         outs = []
         for p, local, s_idx, o_idx in self._row_io(i):
             s = wrap32(self.cmem[p][s_idx])
+            if i["flags"] & Flag.MAXC:
+                # the hardware takes M from column k: the golden functions take the row's
+                # maximum, so the program must have put exactly that there
+                mx = wrap32(self.cmem[p][s_idx[:, 0] + i["k"]])
+                if (mx != s.max(axis=-1)).any():
+                    raise SimulationError(f"SOFTMAX MAXC at PC {pc}: column k does not hold "
+                                          f"the row maximum")
             if i["flags"] & Flag.NORM:
                 y = golden_softmax(s, c_e, sh_e)
             else:
@@ -1693,6 +1769,11 @@ class _Machine:
         r_d, E = i["imm"] & ((1 << 25) - 1), i["count"] + (i["tiles"] << 32)
         B, G, sh = self._row_params(i)
         lo, hi = SAT_RANGE[Sat(i["sat"])]
+        if is_res(i):
+            # RES: RADD (int16) into the source rows first, then LAYERNORM of them.
+            t = _ceil(k, self.cfg.lanes)
+            self._radd(dict(i, p_base=i["p_base"] + t, dst=Dst.CMEM, out_base=i["a_base"],
+                            out_stride=i["a_stride"], sat=Sat.INT16))
         outs = []
         for p, local, s_idx, o_idx in self._row_io(i):
             h = _wrap(self.cmem[p][s_idx], 16)                      # the low 16 bits, int16
@@ -1718,7 +1799,10 @@ class _Machine:
             self.rs_m[p, local], self.rs_sh[p, local] = np.where(pos, m, 0), np.where(pos, sh, 0)
 
     def radd(self, i, pc):
-        k, stride = i["k"], i["imm"] & 0xFFFF
+        self._radd(i)
+
+    def _radd(self, i):
+        k, stride = i["k"], x_stride(i)
         _, m, sh = self._row_params(i)
         lo, hi = SAT_RANGE[Sat(i["sat"])]
         outs = []
@@ -1834,7 +1918,8 @@ def accesses(i, cfg):
         if flags & Flag.ACT:
             span("T", 256 * (i["imm"] & 1), 0, 1, 256, False)
         if dst == Dst.CMEM:
-            span("C", i["out_base"], i["out_stride"], R, N, True)
+            span("C", i["out_base"], i["out_stride"], R, N + (1 if flags & Flag.MAXC else 0),
+                 True)
         elif dst == Dst.AMEM:
             span("A", i["out_base"], i["out_stride"], R, N, True)
         elif dst == Dst.BBUF_ROWS:
@@ -1857,11 +1942,14 @@ def accesses(i, cfg):
         span("C" if dst == Dst.CMEM else "A", i["out_base"], i["out_stride"], R, N, True)
     elif op in ROW_OPS:
         k = i["k"]
-        span("C", i["a_base"], i["a_stride"], R, k, False)
-        if op == Op.RADD:
-            span("A", i["b_base"], i["imm"] & 0xFFFF, R, k, False)
+        mx = 1 if op == Op.SOFTMAX and i["flags"] & Flag.MAXC else 0
+        span("C", i["a_base"], i["a_stride"], R, k + mx, False)
+        if op == Op.RADD or is_res(i):
+            span("A", i["b_base"], x_stride(i), R, k, False)
+        if is_res(i):
+            span("C", i["a_base"], i["a_stride"], R, k, True)      # h in place
         if op != Op.SOFTMAX:
-            span("P", i["p_base"], 0, 1, _ceil(k, L), False)
+            span("P", i["p_base"], 0, 1, _ceil(k, L) * (2 if is_res(i) else 1), False)
         elif not i["flags"] & Flag.NORM:
             span("RS", 0, 0, 1, R, True)
         span("C" if i["dst"] == Dst.CMEM else "A", i["out_base"], i["out_stride"], R, k, True)

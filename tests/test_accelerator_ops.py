@@ -364,6 +364,24 @@ def _new_error_programs(P, L, d):
         (encode(Op.LAYERNORM, **{**row, "k": 8, "p_base": d["pbuf_depth"] - 1}), E.PBUF_RANGE),
         (encode(Op.MATMUL, **{**mm, "p_base": d["pbuf_depth"] - 1}, dst=Dst.CMEM,
                 sat=Sat.INT16, flags=Flag.REQ), E.PBUF_RANGE),
+        # LAYERNORM RES, MATMUL / SOFTMAX MAXC
+        (encode(Op.LAYERNORM, flags=Flag.RES, **{**row, "rows": 17 * P, "a_stride": 0,
+                                                 "out_stride": 0}), E.BAD_FIELD),  # > 16 rows
+        (encode(Op.RADD, flags=Flag.RES, **row), E.BAD_FIELD),
+        (encode(Op.RADD, flags=Flag.MAXC, **row), E.BAD_FIELD),
+        (encode(Op.MATMUL, dst=Dst.AMEM, sat=Sat.INT9, flags=Flag.MAXC, **mm), E.BAD_FIELD),
+        (encode(Op.MATMUL, dst=Dst.CMEM, sat=Sat.INT16, flags=Flag.MAXC | Flag.REQ, **mm),
+         E.BAD_FIELD),
+        (encode(Op.MATMUL, dst=Dst.CMEM, flags=Flag.MAXC, **mm), E.BAD_FIELD),  # stride = N
+        (encode(Op.MATMUL, **{**mm, "out_stride": 2 * L + 1,
+                              "out_base": d["cmem_depth"] - 4 * L - 1},
+                dst=Dst.CMEM, flags=Flag.MAXC), E.CMEM_RANGE),    # column N past CMEM
+        (encode(Op.SOFTMAX, flags=Flag.MAXC, **{**row, "a_base": d["cmem_depth"] - 8}),
+         E.CMEM_RANGE),                               # column k of the last row past CMEM
+        (encode(Op.LAYERNORM, flags=Flag.RES, **{**row, "k": 8, "p_base": d["pbuf_depth"] - 3}),
+         E.PBUF_RANGE),                               # G, B and the residual's m / sh
+        (encode(Op.LAYERNORM, flags=Flag.RES, **row, b_base=d["amem_depth"] - 5,
+                ext_addr=2 << 8), E.AMEM_RANGE),      # x rows (stride ext_addr[23:8])
     ]
 
 
@@ -421,3 +439,81 @@ def test_load_lag():
     # With lag 1 the MATMUL (2·2·40 beats) and the SOFTMAX hide behind the 400-word load.
     assert results[1]["cycles"] + 200 < results[0]["cycles"], [r["cycles"] for r in results]
     assert results[1]["stall_dma"] < results[0]["stall_dma"]
+
+
+def test_maxc_softmax_and_layernorm_res():
+    """MATMUL MAXC (row maxima into CMEM column N: K = L, so the next row pass waits for the
+    maximum's write, and K = 9; N not a multiple of L, an all-negative row whose padding
+    columns must not count, rows not a multiple of P), back to back; SOFTMAX MAXC on the first
+    (no maximum pass); LAYERNORM RES writing its output over its x rows (as KWT's LN1), the
+    residual sums in place in CMEM; P = 3, L = 4, bit-exact with ``sim.golden``."""
+    P, L = 3, 4
+    rng = np.random.default_rng(79)
+    M, d, N = 7, 4, 9
+    T = tiles(N, L)
+    Q = rng.integers(-128, 128, (M, d))
+    KT = rng.integers(-128, 128, (d, N))
+    S = matmul(Q, KT)
+    M2, K2, N2 = 5, 9, 6
+    T2 = tiles(N2, L)
+    A2 = rng.integers(-128, 128, (M2, K2))
+    A2[1] = rng.integers(1, 128, K2)
+    B2 = -rng.integers(1, 129, (K2, N2))                  # row 1: every product < 0
+    S2 = matmul(A2, B2)
+    assert (S2[1] < 0).all()
+    c_e, sh_e = softmax_constants(1e-3)
+    D = 6
+    TD = tiles(D, L)
+    H = rng.integers(-30000, 30000, (M, D))
+    H[0, :2] = (-(1 << 31), (1 << 31) - 1)
+    X = rng.integers(-128, 128, (M, D))
+    m_x, sh_x = rng.integers(1, 1 << 15, D), rng.integers(3, 14, D)
+    lc = layernorm_constants(rng.normal(1, 0.3, D), rng.normal(0, 0.3, D), 1e-3, 0.01, 1e-5)
+
+    pg = Program(L)
+    pg(Op.LOAD_A, ext_addr=pg.put(a_words(Q, L)), rows=M, k=d, a_base=0, a_stride=d)
+    pg(Op.LOAD_A, ext_addr=pg.put(a_words(A2, L)), rows=M2, k=K2, a_base=40, a_stride=K2)
+    pg(Op.LOAD_A, ext_addr=pg.put(a_words(X, L)), rows=M, k=D, a_base=100, a_stride=D)
+    pg(Op.LOAD_B, ext_addr=pg.put(b_words(KT, L)), count=T * d, b_base=0)
+    pg(Op.LOAD_B, ext_addr=pg.put(b_words(B2, L)), count=T2 * K2, b_base=50)
+    pg(Op.LOAD_C, ext_addr=pg.put(c_words(H, L)), rows=M, tiles=TD, out_base=400,
+       out_stride=TD * L)
+    pg(Op.LOAD_P, ext_addr=pg.put(p_words(lc["B"], lc["G"], np.full(D, lc["sh_o"]), L)),
+       count=TD, p_base=0)
+    pg(Op.LOAD_P, ext_addr=pg.put(p_words(np.zeros(D, int), m_x, sh_x, L)), count=TD,
+       p_base=TD)
+    pg(Op.MATMUL, rows=M, k=d, tiles=T, count=N, a_base=0, a_stride=d, b_base=0,
+       dst=Dst.CMEM, flags=Flag.MAXC, out_base=0, out_stride=N + 1)
+    pg(Op.MATMUL, rows=M2, k=K2, tiles=T2, count=N2, a_base=40, a_stride=K2, b_base=50,
+       dst=Dst.CMEM, flags=Flag.MAXC, out_base=200, out_stride=N2 + 1)
+    pg(Op.SOFTMAX, flags=Flag.MAXC, rows=M, k=N, a_base=0, a_stride=N + 1, dst=Dst.AMEM,
+       out_base=300, out_stride=N, imm=c_e | sh_e << 16)
+    pg(Op.LAYERNORM, flags=Flag.RES, rows=M, k=D, a_base=400, a_stride=TD * L, b_base=100,
+       ext_addr=D << 8, dst=Dst.AMEM, sat=Sat.INT9, out_base=100, out_stride=D, p_base=0,
+       imm=lc["r_d"], count=lc["E"] & 0xFFFFFFFF, tiles=lc["E"] >> 32)
+    outs = {}
+    for name, rows, base, stride, Tn in (("s", M, 0, N + 1, T), ("s2", M2, 200, N2 + 1, T2),
+                                         ("h", M, 400, TD * L, TD)):
+        outs[name] = pg.reserve(rows * Tn * 4)
+        pg(Op.STORE_C, ext_addr=outs[name], rows=rows, tiles=Tn, out_base=base,
+           out_stride=stride)
+    outs["w"], Tw = observe(pg, rows=M, n=N, a_base=300, a_stride=N, b_base=100, out_base=600)
+    outs["y"], Ty = observe(pg, rows=M, n=D, a_base=100, a_stride=D, b_base=200, out_base=800)
+    pg(Op.HALT)
+    r = pg.run(pes=P, imem_depth=32)
+    assert r["halted"], r["code"]
+
+    def got(name, rows, n, Tn):
+        return c_from_words(r["mem"], rows, Tn, L, outs[name])[:, :n]
+    s = got("s", M, N + 1, T)
+    np.testing.assert_array_equal(s[:, :N], S)
+    np.testing.assert_array_equal(s[:, N], S.max(axis=1))
+    s2 = got("s2", M2, N2 + 1, T2)
+    np.testing.assert_array_equal(s2[:, :N2], S2)
+    np.testing.assert_array_equal(s2[:, N2], S2.max(axis=1))
+    np.testing.assert_array_equal(got("w", M, N, Tw), exp_weights(S, c_e, sh_e))
+    hs = add(H, X, m_x, sh_x, *INT16)
+    np.testing.assert_array_equal(got("h", M, D, TD), hs)
+    np.testing.assert_array_equal(
+        got("y", M, D, Ty), layernorm(hs, lc["r_d"], lc["E"], lc["G"], lc["B"], lc["sh_o"],
+                                      *INT9))

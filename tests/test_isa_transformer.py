@@ -289,6 +289,25 @@ def test_static_checks():
     assert code(cfg, Op.RADD, rows=2, k=4, b_base=61, a_base=61, dst=Dst.AMEM) == \
         ErrorCode.AMEM_RANGE
     assert code(cfg, Op.RADD, rows=2, k=4, b_base=61, a_base=61, dst=7) == BAD
+    # LAYERNORM RES (x rows: stride ext_addr[23:8]; PBUF: 2·⌈k/L⌉ tiles; ≤ 16 local rows)
+    res = dict(row, rows=4, flags=Flag.RES)
+    assert code(cfg, Op.LAYERNORM, **res, b_base=56, ext_addr=4 << 8) is None
+    assert code(cfg, Op.LAYERNORM, **res, b_base=57, ext_addr=4 << 8) == ErrorCode.AMEM_RANGE
+    assert code(cfg, Op.LAYERNORM, **res, p_base=6) is None
+    assert code(cfg, Op.LAYERNORM, **res, p_base=7) == ErrorCode.PBUF_RANGE
+    assert code(cfg, Op.LAYERNORM, **{**res, "rows": 2 * 17, "a_stride": 0,
+                                      "out_stride": 0}) == BAD
+    assert code(cfg, Op.RADD, **res) == BAD
+    # MAXC: MATMUL dst CMEM without REQ, out_stride > N, column N in range; SOFTMAX column k
+    mx = dict(rows=4, k=2, tiles=1, count=3, flags=Flag.MAXC, out_stride=4)
+    assert code(cfg, Op.MATMUL, **mx, out_base=56) is None
+    assert code(cfg, Op.MATMUL, **mx, out_base=57) == ErrorCode.CMEM_RANGE
+    assert code(cfg, Op.MATMUL, **{**mx, "out_stride": 3}) == BAD
+    assert code(cfg, Op.MATMUL, **mx, dst=Dst.AMEM) == BAD
+    assert code(cfg, Op.MATMUL, **{**mx, "flags": Flag.MAXC | Flag.REQ}, sat=Sat.INT16) == BAD
+    assert code(cfg, Op.SOFTMAX, **row, flags=Flag.MAXC, a_base=59) is None
+    assert code(cfg, Op.SOFTMAX, **row, flags=Flag.MAXC, a_base=60) == ErrorCode.CMEM_RANGE
+    assert code(cfg, Op.LAYERNORM, **row, flags=Flag.MAXC) == BAD
     # DMA
     assert code(cfg, Op.LOAD_C, rows=3, tiles=1, out_base=0, out_stride=61) == ErrorCode.CMEM_RANGE
     assert code(cfg, Op.LOAD_C, rows=0, tiles=1, out_base=100) is None

@@ -16,6 +16,7 @@ from hw.rowunit import RowDatapath, RowSequencer, SerialDivider
 from sim.golden import (INT16, add, divide, exp_weights, layernorm, layernorm_constants,
                         softmax, softmax_constants)
 from sim.golden.attention import mantissa15
+from sim.program import res_row_span
 from tb.runner import emit, lint
 from tests.streams import Watchdog, stream_put
 
@@ -23,7 +24,7 @@ from tests.streams import Watchdog, stream_put
 class RowHarness(Elaboratable):
     """P PEs and a :class:`RowSequencer`, wired as the array wires them in row mode: CMEM/AMEM
     reads, a PBUF model with the array's latencies (column ``tile·L + lane``; m/sh 4 cycles,
-    bias 3; m sign-extended for LAYERNORM), result writes and RS writes."""
+    bias 3; m sign-extended for LAYERNORM's output elements), result writes and RS writes."""
 
     def __init__(self, *, pes=2, lanes=4, amem_depth=512, cmem_depth=1024, pbuf_cols=512):
         self.P, self.L = pes, lanes
@@ -54,7 +55,6 @@ class RowHarness(Elaboratable):
             m.d.sync += pipe[0].eq(rd.data)
             m.d.sync += [pipe[k + 1].eq(pipe[k]) for k in range(lat - 1)]
             vals[name] = pipe[-1]
-        ln = seq.rop.op == RowOp.LAYERNORM
         to_amem = seq.w_dst == Dst.AMEM
         for p, pe in enumerate(self.pes):
             m.submodules[f"pe{p}"] = pe
@@ -65,7 +65,7 @@ class RowHarness(Elaboratable):
                 pe.rc_y2.eq(seq.rc_y2),
                 pe.c_raddr.eq(seq.c_raddr[csh:]), pe.c_slot.eq(seq.c_raddr[:csh] if csh else 0),
                 pe.a_addr.eq(seq.a_raddr),
-                pe.m.eq(Mux(ln, vals["m"].as_signed(), vals["m"])), pe.sh.eq(vals["sh"]),
+                pe.m.eq(Mux(seq.pm_sgn, vals["m"].as_signed(), vals["m"])), pe.sh.eq(vals["sh"]),
                 pe.bias.eq(vals["b"]),
                 pe.rs_we.eq(seq.rs_we[p]), pe.rs_waddr.eq(seq.rs_waddr),
                 pe.aw_addr.eq(seq.w_addr[lsh:]), pe.aw_from_y.eq(1),
@@ -138,9 +138,9 @@ class Mem:
         return out
 
 
-def desc(op, *, rows, k, P=2, norm=0, a_base=0, a_stride=None, b_base=0, b_stride=None,
+def desc(op, *, rows, k, P=2, norm=0, res=0, a_base=0, a_stride=None, b_base=0, b_stride=None,
          out_base=0, out_stride=None, dst=Dst.AMEM, sat=Sat.INT9, p_base=0, imm=0, eps=0):
-    return dict(op=op, norm=norm, rows=rows, passes=-(-rows // P), k=k, a_base=a_base,
+    return dict(op=op, norm=norm, res=res, rows=rows, passes=-(-rows // P), k=k, a_base=a_base,
                 a_stride=k if a_stride is None else a_stride, b_base=b_base,
                 b_stride=k if b_stride is None else b_stride, out_base=out_base,
                 out_stride=k if out_stride is None else out_stride, dst=dst, sat=sat,
@@ -503,3 +503,150 @@ def test_sequencer_checks_and_lint():
     with pytest.raises(AttributeError):
         seq.pes = 2
     lint(emit(seq, "rowseq_p3_l8"), "rowseq_p3_l8")
+
+
+def res_cycles(passes, k):
+    """Busy cycles of a LAYERNORM RES: the cost model's span (``sim.program.res_row_span``)
+    plus the pipeline."""
+    return res_row_span(passes, k) + TAIL
+
+
+def test_layernorm_res():
+    """LAYERNORM with the fused residual add (RES) against ``sim.golden.add`` (int16, in place)
+    then ``sim.golden.layernorm``: the residual sums written back into the source rows, the
+    outputs; int16 saturation of the sum, x = −256 and 255, m = 2¹⁵ − 1; k = 1 (one local
+    row: the output pass waits for its job), k = 20 with strides other than k, an all-equal
+    row (zero variance, E = 0), the full table of 16 local rows (k = 64), k = 256, dst AMEM
+    over the x rows (as KWT's LN1 writes x1 over x) and dst CMEM; rows not a multiple of P
+    (the absent row's source stays untouched); the exact busy cycles."""
+    h = RowHarness(amem_depth=4096, cmem_depth=4096, pbuf_cols=1024)
+    rng = np.random.default_rng(71)
+    P = 2
+
+    def consts(k, s_h, s_out, eps):
+        return layernorm_constants(rng.normal(1.0, 0.4, k), rng.normal(0.0, 0.5, k), s_h, s_out,
+                                   eps)
+
+    def case(name, rows, k, *, amp, x_amp=256, msh=(0, 1 << 15, 0, 20), eps=1e-5, s_h=1e-3,
+             **kw):
+        a = rng.integers(-amp, amp, (rows, k))
+        x = rng.integers(-x_amp, x_amp, (rows, k))
+        mm = rng.integers(msh[0], msh[1], k)
+        ss = rng.integers(msh[2], msh[3], k)
+        c = consts(k, s_h, 0.02, eps)
+        d = desc(RowOp.LAYERNORM, rows=rows, k=k, res=1, imm=c["r_d"], eps=c["E"], **kw)
+        return [name, a, x, mm, ss, c, d]
+
+    cases = [
+        case("res20", 5, 20, amp=40000, a_base=0, a_stride=24, b_base=0, b_stride=21,
+             out_base=300, out_stride=22, sat=Sat.INT9, p_base=0),
+        case("res1", 2, 1, amp=300, x_amp=256, a_base=100, b_base=120, b_stride=3,
+             out_base=200, dst=Dst.CMEM, sat=Sat.INT16, p_base=12),
+        case("res64", 31, 64, amp=3000, msh=(0, 1 << 15, 4, 12), s_h=1.0, eps=0.0,
+             a_base=1024, b_base=1024, out_base=1024, sat=Sat.INT8, p_base=16),
+        case("res256", 3, 256, amp=1 << 15, a_base=2048, b_base=2048, out_base=2560,
+             dst=Dst.CMEM, sat=Sat.INT16, p_base=48),
+    ]
+    # extremes: saturating sums, x = −256 / 255, an all-equal residual sum (x = 0, h equal)
+    a, x = cases[0][1], cases[0][2]
+    a[0, :4] = (-(1 << 31), (1 << 31) - 1, 32767, -32768)
+    x[0, 4:6] = (-256, 255)
+    cases[0][3][4] = (1 << 15) - 1
+    a, x = cases[2][1], cases[2][2]
+    a[5], x[5] = -1234, 0
+    got = {}
+
+    def setup(ctx, mem):
+        _fill(ctx, mem, P, cmem_elems=0, amem_elems=512)
+        for p in range(P):
+            for e in range(0, 3 * 24):
+                mem.set_c(ctx, p, e, SENTINEL)
+        for name, a, x, mm, ss, c, d in cases:
+            mem.set_rows(ctx, a, d["a_base"], d["a_stride"], cmem=True)
+            mem.set_rows(ctx, x, d["b_base"], d["b_stride"], cmem=False)
+            _set_pbuf(ctx, h, d["p_base"], m=c["G"], bias=c["B"], sh=np.full(d["k"], c["sh_o"]))
+            _set_pbuf(ctx, h, d["p_base"] + -(-d["k"] // h.L), m=mm, sh=ss)
+
+    def after(name, d):
+        def f(ctx, mem):
+            cm = d["dst"] == Dst.CMEM
+            got[name] = mem.get_rows(ctx, d["rows"], d["k"], d["out_base"], d["out_stride"],
+                                     cmem=cm)
+            got[name + "_h"] = mem.get_rows(ctx, d["rows"], d["k"], d["a_base"], d["a_stride"],
+                                            cmem=True)
+            if name == "res20":
+                # the absent row (local row 2 of PE 1) and the padding keep the sentinel
+                _guard(mem, ctx, d["rows"], d["k"], d["a_base"], d["a_stride"], cmem=True)
+                assert all(mem.get_c(ctx, 1, 2 * 24 + j) == SENTINEL for j in range(24))
+        return f
+
+    cycles = run_ops(h, setup, [(c[-1], after(c[0], c[-1])) for c in cases], max_cycles=40_000)
+    for name, a, x, mm, ss, c, d in cases:
+        hs = add(a, x, mm, ss, *INT16)
+        np.testing.assert_array_equal(got[name + "_h"], hs, err_msg=name)
+        want = layernorm(hs, c["r_d"], c["E"], c["G"], c["B"], c["sh_o"], *SAT_BOUNDS[d["sat"]])
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
+    hs0 = got["res20_h"]
+    assert (hs0 == INT16[0]).any() and (hs0 == INT16[1]).any()
+    assert (got["res64_h"][5] == -1234).all()
+    for (name, *_, d), n in zip(cases, cycles):
+        assert n == res_cycles(d["passes"], d["k"]), (name, n, res_cycles(d["passes"], d["k"]))
+
+
+def test_softmax_maxc():
+    """SOFTMAX MAXC: the row maximum from column k (one element instead of the maximum pass),
+    attention mode (k = 99, KWT-1's rows; k = 1) and NORM (k = 37), against the golden
+    functions; busy cycles as the cost model's (``CostModel.row_cycles``, + 2 for the
+    registered busy flag; for short rows, where the per-row job spaces them, its bound)."""
+    from types import SimpleNamespace
+
+    from hw.isa import Flag, Op
+    from sim.program import CostModel
+    h = RowHarness(cmem_depth=2048)
+    rng = np.random.default_rng(81)
+    cases = [   # (name, scores, descriptor)
+        ("att99", rng.integers(-(1 << 20), 1 << 20, (5, 99)),
+         desc(RowOp.SOFTMAX, rows=5, k=99, a_stride=100, out_stride=99, imm=sm_imm(1e-5))),
+        ("att1", rng.integers(-(1 << 31), 1 << 31, (3, 1)),
+         desc(RowOp.SOFTMAX, rows=3, k=1, a_base=400, a_stride=2, out_base=300,
+              imm=sm_imm(1.0))),
+        ("norm37", rng.integers(-50000, 50000, (4, 37)),
+         desc(RowOp.SOFTMAX, norm=1, rows=4, k=37, a_base=500, a_stride=38, out_base=320,
+              out_stride=37, imm=sm_imm(1e-4))),
+    ]
+    cases[0][1][2] = 777                                   # an all-equal row
+    got = {}
+
+    def setup(ctx, mem):
+        for name, S, d in cases:
+            d["maxc"] = 1
+            mx = S.max(axis=1, keepdims=True)
+            mem.set_rows(ctx, np.concatenate([S, mx], axis=1), d["a_base"], d["a_stride"],
+                         cmem=True)
+
+    def after(name, d):
+        def f(ctx, mem):
+            got[name] = mem.get_rows(ctx, d["rows"], d["k"], d["out_base"], d["out_stride"],
+                                     cmem=False)
+            got[name + "_rs"] = mem.get_rs(ctx, d["rows"])
+        return f
+
+    for name, S, d in cases:
+        d["maxc"] = 1
+    cycles = run_ops(h, setup, [(d, after(name, d)) for name, S, d in cases])
+    cm = CostModel()
+    for (name, S, d), n in zip(cases, cycles):
+        c_e, sh_e = d["imm"] & 0xFFFF, d["imm"] >> 16
+        if d["norm"]:
+            np.testing.assert_array_equal(got[name], softmax(S, c_e, sh_e), err_msg=name)
+        else:
+            w = exp_weights(S, c_e, sh_e)
+            np.testing.assert_array_equal(got[name], w, err_msg=name)
+            m_r, sh_r = mantissa15(divide(np.full(len(S), 1 << 32), w.sum(-1)), 24)
+            assert got[name + "_rs"] == list(zip(m_r.tolist(), sh_r.tolist())), name
+        i = dict(op=Op.SOFTMAX, rows=d["rows"], k=d["k"],
+                 flags=Flag.MAXC | (Flag.NORM if d["norm"] else 0))
+        want = cm.row_cycles(i, SimpleNamespace(pes=2)) + 2
+        # exact when the rows stream back to back, else (a job between rows) a bound
+        assert n == want if name == "att99" else d["passes"] * (d["k"] + 1) <= n <= want, \
+            (name, n, want)
