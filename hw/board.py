@@ -18,7 +18,7 @@ Amaranth); :class:`BoardPins` puts it on an ``amaranth_boards`` platform (``hw/b
 import enum
 
 from amaranth.build import ResourceError
-from amaranth.hdl import Cat, ClockDomain, ClockSignal, Elaboratable, Module, ResetSignal, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Module, ResetSignal, Signal
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
@@ -426,7 +426,7 @@ class BoardPins(Elaboratable):
         m.domains.sync = ClockDomain("sync")
         m.domains.por = ClockDomain("por", reset_less=True)
         fin = int(platform.default_clk_frequency)
-        sys_clk, locked = clk.i, 1
+        sys_clk, locked = clk.i, Const(1, 1)      # (a Python 1 would make ~locked true)
         if top.clk_hz != fin:
             if getattr(platform, "family", None) != "ecp5":
                 raise ValueError(f"clk_hz {top.clk_hz}: only the ECP5 boards have a PLL here; "
