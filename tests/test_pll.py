@@ -160,3 +160,62 @@ def test_pll_through_the_toolchain():
     (clock, f), = json.loads((work / "nextpnr_report.json").read_text())["fmax"].items()
     assert f["constraint"] == pytest.approx(125.0) and f["achieved"] >= 125.0
     assert (work / "top.bit").stat().st_size > 0
+
+
+def test_power_on_reset_without_pll():
+    """BoardPins at the oscillator's frequency (no PLL) on a stand-in platform, simulated: the
+    power-on counter releases ``sync``'s reset after 2¹⁰ cycles and keeps it released."""
+    from types import SimpleNamespace
+
+    from amaranth.build import ResourceError
+    from amaranth.hdl import Elaboratable, Fragment, Module, ResetSignal, Signal
+    from amaranth.sim import Simulator
+
+    class Stand:
+        default_clk, default_clk_frequency, family = "clk25", 25e6, "ecp5"
+
+        def __init__(self):
+            self.clk = Signal()
+
+        def request(self, name, number=0, **kw):
+            if name == "clk25":
+                return SimpleNamespace(i=self.clk)
+            if name == "uart":
+                return SimpleNamespace(rx=SimpleNamespace(i=Signal(init=1)),
+                                       tx=SimpleNamespace(o=Signal()))
+            if name == "led" and number < 2:
+                return SimpleNamespace(o=Signal())
+            raise ResourceError(name)
+
+    top = BoardTop(clk_hz=25_000_000, mem_depth=64, pes=1, lanes=4, **SMALL)
+    plat = Stand()
+    rst = Signal()
+
+    class Wrap(Elaboratable):
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.pins = Fragment.get(BoardPins(top), plat)
+            m.d.comb += rst.eq(ResetSignal("sync"))
+            return m
+
+    sim = Simulator(Wrap())
+
+    async def clock(ctx):
+        level = 0
+        while True:
+            await ctx.delay(20e-9)
+            level ^= 1
+            ctx.set(plat.clk, level)
+
+    seen = []
+
+    async def bench(ctx):
+        for cycle in range(1100):
+            await ctx.delay(40e-9)
+            seen.append(ctx.get(rst))
+
+    sim.add_process(clock)
+    sim.add_testbench(bench)
+    sim.run_until(1100 * 40e-9)
+    first_low = seen.index(0)
+    assert 1000 <= first_low <= 1030 and not any(seen[first_low:])
