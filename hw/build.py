@@ -9,15 +9,17 @@ among its required tools, which ``platform.build`` checks even without programmi
 ``prepare`` and running the script here skips that check (``OPENFPGALOADER`` is set to
 ``true`` in the script's environment in case a template asks for it).
 
-Output in ``build/board/<board>_p<P>_l<L>/`` (or ``--out-dir``): the bitstream
+Output in ``build/board/<board>_p<P>_l<L>[_sdram][_nodelta]/`` (or ``--out-dir``): the bitstream
 (``top.bit`` ECP5, ``top.bin`` iCE40), the tool logs (``build.log``, ``top.rpt`` yosys,
 ``top.tim`` nextpnr, ``nextpnr_report.json``), and ``report.json`` with ``fmax_mhz``
-(nextpnr's achieved Fmax of the system clock, which runs at the board oscillator:
-25 MHz ULX3S, 12 MHz iCEBreaker), ``luts``, ``ffs``, ``dsps``, ``brams`` (yosys cell counts,
+(nextpnr's achieved Fmax of the system clock: the board oscillator, 25 MHz ULX3S, 12 MHz
+iCEBreaker, or with ``--clock-mhz`` the ECP5 PLL's output, ``hw.pll``), ``clock_mhz``,
+``timing_met``, ``pll``, ``luts``, ``ffs``, ``dsps``, ``brams`` (yosys cell counts,
 counted as ``hw.synth`` does), ``critical_path``, ``utilization`` (nextpnr), the
 parameters and ``seconds``. The last line printed is the path of ``report.json``. Bad
 arguments end with one ``error: …`` line and exit status 2; a failed tool run with one line
-naming its log and exit status 1.
+naming its log and exit status 1; a clock that is not met (nextpnr runs with
+``--timing-allow-fail``) writes the report and ends with exit status 1.
 """
 import argparse
 import dataclasses
