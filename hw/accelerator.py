@@ -12,7 +12,7 @@ from .array import DELTA_WORDS, MAX_PES, PEArray
 from .controller import Controller
 from .csr import CsrRegs, csr_bus_signature
 from .dma import Dma, mem_signature
-from .isa import Csr, ErrorCode
+from .isa import CONFIG_NO_DELTA, Csr, ErrorCode
 from .params import check_choice, check_int
 from .pe import LANE_CHOICES, _log2
 
@@ -63,6 +63,10 @@ class Accelerator(wiring.Component):
         PBUF column tiles (bias, m, sh for L columns), a power of two, 1…16384.
     imem_depth : int
         Instructions, a power of two, 2…65536.
+    delta : bool
+        With the delta datapath (DMATMUL, docs/delta.md; default). ``False`` leaves it out
+        (smaller: the FPGA builds' ``--no-delta``): a DMATMUL then stops the program with
+        ILLEGAL_OPCODE, and CONFIG bit 31 (``hw.isa.CONFIG_NO_DELTA``) is set.
 
     Ports
     -----
@@ -85,13 +89,16 @@ class Accelerator(wiring.Component):
     def __init__(self, *, pes, lanes=DEFAULTS["lanes"], amem_depth=DEFAULTS["amem_depth"],
                  cmem_depth=DEFAULTS["cmem_depth"], bbuf_depth=DEFAULTS["bbuf_depth"],
                  pbuf_depth=DEFAULTS["pbuf_depth"], imem_depth=DEFAULTS["imem_depth"],
-                 delta_k=None):
+                 delta_k=None, delta=True):
         check_params(pes=pes, lanes=lanes, amem_depth=amem_depth, cmem_depth=cmem_depth,
                      bbuf_depth=bbuf_depth, pbuf_depth=pbuf_depth, imem_depth=imem_depth)
         self._pes, self._lanes = pes, lanes
         if delta_k is None:
             delta_k = DELTA_WORDS * lanes
         self._delta_k = check_int("delta_k", delta_k, lo=1, hi=1024)
+        if not isinstance(delta, bool):
+            raise TypeError(f"delta must be True or False, not {delta!r}")
+        self._delta = delta
         self._amem_depth, self._cmem_depth = amem_depth, cmem_depth
         self._bbuf_depth, self._pbuf_depth, self._imem_depth = bbuf_depth, pbuf_depth, imem_depth
         super().__init__({
@@ -107,12 +114,14 @@ class Accelerator(wiring.Component):
     pbuf_depth = property(lambda self: self._pbuf_depth)
     imem_depth = property(lambda self: self._imem_depth)
     delta_k = property(lambda self: self._delta_k)
+    delta = property(lambda self: self._delta)
 
     @property
     def config_word(self):
-        """The CONFIG register: P | L << 8 | log2(AMEM depth) << 16 | log2(BBUF depth) << 24."""
+        """The CONFIG register: P | L << 8 | log2(AMEM depth) << 16 | log2(BBUF depth) << 24,
+        bit 31 set without the delta datapath (``delta=False``)."""
         return (self._pes | self._lanes << 8 | _log2(self._amem_depth) << 16
-                | _log2(self._bbuf_depth) << 24)
+                | _log2(self._bbuf_depth) << 24 | (0 if self._delta else CONFIG_NO_DELTA))
 
     def elaborate(self, platform):
         m = Module()
@@ -121,11 +130,12 @@ class Accelerator(wiring.Component):
         m.submodules.ctrl = ctrl = Controller(
             pes=P, lanes=L, amem_depth=self._amem_depth, cmem_depth=self._cmem_depth,
             bbuf_depth=self._bbuf_depth, pbuf_depth=self._pbuf_depth, imem_depth=self._imem_depth,
-            delta_k=self._delta_k)
+            delta_k=self._delta_k, delta=self._delta)
         m.submodules.dma = dma = Dma(pes=P, lanes=L, imem_depth=self._imem_depth)
         m.submodules.array = array = PEArray(
             pes=P, lanes=L, amem_depth=self._amem_depth, cmem_depth=self._cmem_depth,
-            bbuf_depth=self._bbuf_depth, pbuf_depth=self._pbuf_depth, delta_k=self._delta_k)
+            bbuf_depth=self._bbuf_depth, pbuf_depth=self._pbuf_depth, delta_k=self._delta_k,
+            delta=self._delta)
 
         connect(m, flipped(self.bus), csr.bus)
         connect(m, flipped(self.mem), dma.mem)

@@ -173,8 +173,11 @@ class PEArray(wiring.Component):
     """
 
     def __init__(self, *, pes, lanes, amem_depth, cmem_depth, bbuf_depth, pbuf_depth,
-                 delta_k=None):
+                 delta_k=None, delta=True):
         self._pes = check_int("pes", pes, lo=1, hi=MAX_PES)
+        if not isinstance(delta, bool):
+            raise TypeError(f"delta must be True or False, not {delta!r}")
+        self._delta_on = delta    # False: no delta sequencer (the controller never sends one)
         if delta_k is None:
             delta_k = DELTA_WORDS * lanes
         self._delta_k = check_int("delta_k", delta_k, lo=1, hi=1024)
@@ -210,6 +213,7 @@ class PEArray(wiring.Component):
     bbuf_depth = property(lambda self: self._bbuf_depth)
     pbuf_depth = property(lambda self: self._pbuf_depth)
     delta_k = property(lambda self: self._delta_k)
+    delta = property(lambda self: self._delta_on)
 
     def elaborate(self, platform):
         m = Module()
@@ -822,6 +826,8 @@ class PEArray(wiring.Component):
             bbuf.w_en.eq(Mux(o_bbuf, o_mask,
                             Mux(self.bbuf_w.valid, self.bbuf_w.payload.mask, 0))),
         ]
+        if not self._delta_on:     # its signals keep their reset values (0): pruned by synthesis
+            return m
         self._delta(m, pes=pes, desc=desc, dactive=dactive, d_issue=d_issue, d_hold=d_hold,
                     d_last=d_last, d_first=d_first, d_addr=d_addr, d_val=d_val, ge_l=ge_l,
                     ring=ring, ring_w=ring_w, tile_layout=tile_layout, outstanding=outstanding,

@@ -18,7 +18,7 @@ Amaranth); :class:`BoardPins` puts it on an ``amaranth_boards`` platform (``hw/b
 import enum
 
 from amaranth.build import ResourceError
-from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Module, ResetSignal, Signal
+from amaranth.hdl import Cat, ClockDomain, ClockSignal, Const, Elaboratable, Module, ResetSignal, Signal
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out, connect
 
@@ -28,6 +28,7 @@ from .dma import mem_signature
 from .extmem import BlockRamMemory, MemArbiter
 from .sdram import SdramController, sdram_pins_signature
 from .params import check_int
+from .pll import Ecp5Pll, ecp5_pll
 from .pe import LANE_CHOICES, _log2, is_zero
 from .uart import UartRx, UartTx, uart_divisor
 
@@ -281,7 +282,7 @@ class BoardTop(wiring.Component):
         *Resynchronization*); 0 disables. Default 50 ms.
     mem_init : sequence of int, optional
         Initial ext-memory words (simulation, or a preloaded bitstream).
-    pes, lanes, amem_depth, cmem_depth, bbuf_depth, pbuf_depth, imem_depth :
+    pes, lanes, amem_depth, cmem_depth, bbuf_depth, pbuf_depth, imem_depth, delta :
         The :class:`hw.accelerator.Accelerator` parameters (same defaults).
 
     Ports
@@ -301,13 +302,16 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, *, clk_hz, baud=115_200, mem_depth=None, timeout_ms=50, mem_init=(),
-                 memory="bram", sdram=None, pes, lanes=DEFAULTS["lanes"], **accel_kwargs):
+                 memory="bram", sdram=None, pes, lanes=DEFAULTS["lanes"], delta=True,
+                 **accel_kwargs):
         # Every argument is checked before any subcomponent exists (no half-built design).
         unknown = set(accel_kwargs) - set(DEPTH_LIMITS)
         if unknown:
             raise TypeError(f"unexpected argument(s) {', '.join(sorted(unknown))}")
         check_params(pes=pes, lanes=lanes, **{**{k: DEFAULTS[k] for k in DEPTH_LIMITS}, **accel_kwargs})
         uart_divisor(clk_hz, baud)
+        if not isinstance(delta, bool):
+            raise TypeError(f"delta must be True or False, not {delta!r}")
         if memory not in ("bram", "sdram"):
             raise ValueError(f"memory must be 'bram' or 'sdram', not {memory!r}")
         if memory == "bram":
@@ -332,7 +336,7 @@ class BoardTop(wiring.Component):
         if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float)) or timeout_ms < 0:
             raise ValueError(f"timeout_ms must be a non-negative number, not {timeout_ms!r}")
         self._timeout_ms = timeout_ms
-        self.accel = Accelerator(pes=pes, lanes=lanes, **accel_kwargs)
+        self.accel = Accelerator(pes=pes, lanes=lanes, delta=delta, **accel_kwargs)
         self.rx_uart = UartRx(clk_hz=clk_hz, baud=baud)
         self.tx_uart = UartTx(clk_hz=clk_hz, baud=baud)
         self.memory = (BlockRamMemory(lanes=lanes, depth=mem_depth, init=mem_init)
@@ -395,10 +399,13 @@ class BoardTop(wiring.Component):
 class BoardPins(Elaboratable):
     """Puts a :class:`BoardTop` on an ``amaranth_boards`` platform.
 
-    Clock: the board's default clock pin (``platform.default_clk``) drives ``sync``; a
-    power-on counter holds ``sync`` in reset for the first 2¹⁰ cycles (the ECP5 platform's
-    own ``sync`` has no reset, which the DSP primitives need; 40–85 µs also covers the iCE40
-    block RAMs reading 0 for ≈ 3 µs after configuration). Pins: UART 0; LED 0 heartbeat
+    Clock: the board's default clock pin (``platform.default_clk``) drives ``sync`` when
+    ``top.clk_hz`` is its frequency; otherwise (ECP5 only) an EHXPLLL (:mod:`hw.pll`) makes
+    ``top.clk_hz`` from it, which must be a frequency the PLL makes exactly (to the Hz, as
+    ``hw.pll.ecp5_pll(…).fout_hz`` gives it: the UART divisor is computed from it). A
+    power-on counter holds ``sync`` in reset for the first 2¹⁰ cycles after the PLL locked
+    (the ECP5 platform's own ``sync`` has no reset, which the DSP primitives need; 40–85 µs
+    also covers the iCE40 block RAMs reading 0 for ≈ 3 µs after configuration). Pins: UART 0; LED 0 heartbeat
     (≈ 1.5 Hz: clock running, bitstream loaded) and LED 1 (lit ≈ 0.1 s after a UART framing
     error or dropped byte) when the board has them. With ``memory="sdram"``: the ``sdram``
     resource (its clock the inverted system clock through a DDR output).
@@ -418,11 +425,29 @@ class BoardPins(Elaboratable):
         clk = platform.request(platform.default_clk, 0)
         m.domains.sync = ClockDomain("sync")
         m.domains.por = ClockDomain("por", reset_less=True)
+        fin = int(platform.default_clk_frequency)
+        sys_clk, locked = clk.i, Const(1, 1)      # (a Python 1 would make ~locked true)
+        if top.clk_hz != fin:
+            if getattr(platform, "family", None) != "ecp5":
+                raise ValueError(f"clk_hz {top.clk_hz}: only the ECP5 boards have a PLL here; "
+                                 f"this board runs at its {fin / 1e6:g} MHz oscillator")
+            params = ecp5_pll(fin, top.clk_hz)
+            if params.fout_hz != top.clk_hz:
+                raise ValueError(f"clk_hz {top.clk_hz}: the PLL makes {params.fout_hz} Hz; "
+                                 f"build the BoardTop with that")
+            m.submodules.pll = pll = Ecp5Pll(params)
+            m.d.comb += pll.clk_in.eq(clk.i)
+            sys_clk = pll.clk_out
+            lock_s = Signal(2)           # LOCK comes from the PLL asynchronously
+            m.d.por += lock_s.eq(Cat(pll.locked, lock_s[0]))
+            locked = lock_s[1]
         # Counts up from 0, as every flip-flop starts at 0 after configuration on both families.
         por = Signal(self.POR_BITS + 1)
-        with m.If(~por[-1]):
+        with m.If(~locked):
+            m.d.por += por.eq(0)
+        with m.Elif(~por[-1]):
             m.d.por += por.eq(por + 1)
-        m.d.comb += [ClockSignal("sync").eq(clk.i), ClockSignal("por").eq(clk.i),
+        m.d.comb += [ClockSignal("sync").eq(sys_clk), ClockSignal("por").eq(sys_clk),
                      ResetSignal("sync").eq(~por[-1])]
 
         if top.memory_kind == "sdram":

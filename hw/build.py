@@ -9,15 +9,17 @@ among its required tools, which ``platform.build`` checks even without programmi
 ``prepare`` and running the script here skips that check (``OPENFPGALOADER`` is set to
 ``true`` in the script's environment in case a template asks for it).
 
-Output in ``build/board/<board>_p<P>_l<L>/`` (or ``--out-dir``): the bitstream
+Output in ``build/board/<board>_p<P>_l<L>[_sdram][_nodelta]/`` (or ``--out-dir``): the bitstream
 (``top.bit`` ECP5, ``top.bin`` iCE40), the tool logs (``build.log``, ``top.rpt`` yosys,
 ``top.tim`` nextpnr, ``nextpnr_report.json``), and ``report.json`` with ``fmax_mhz``
-(nextpnr's achieved Fmax of the system clock, which runs at the board oscillator:
-25 MHz ULX3S, 12 MHz iCEBreaker), ``luts``, ``ffs``, ``dsps``, ``brams`` (yosys cell counts,
+(nextpnr's achieved Fmax of the system clock: the board oscillator, 25 MHz ULX3S, 12 MHz
+iCEBreaker, or with ``--clock-mhz`` the ECP5 PLL's output, ``hw.pll``), ``clock_mhz``,
+``timing_met``, ``pll``, ``luts``, ``ffs``, ``dsps``, ``brams`` (yosys cell counts,
 counted as ``hw.synth`` does), ``critical_path``, ``utilization`` (nextpnr), the
 parameters and ``seconds``. The last line printed is the path of ``report.json``. Bad
 arguments end with one ``error: …`` line and exit status 2; a failed tool run with one line
-naming its log and exit status 1.
+naming its log and exit status 1; a clock that is not met (nextpnr runs with
+``--timing-allow-fail``) writes the report and ends with exit status 1.
 """
 import argparse
 import dataclasses
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 
 from .accelerator import DEFAULTS, DEPTH_LIMITS, check_params
+from .pll import ecp5_pll
 from .synth import BUILD_DIR, FAMILIES, _count, critical_path_summary, tool
 
 __all__ = ["BOARDS", "Board", "main", "build", "BuildError"]
@@ -93,6 +96,8 @@ def _parser():
     for name in DEPTH_LIMITS:
         p.add_argument("--" + name.replace("_", "-"), metavar="N",
                        help="a power of two (default: the board's; see hw.generate)")
+    p.add_argument("--no-delta", action="store_true",
+                   help="leave out the delta datapath (DMATMUL raises ILLEGAL_OPCODE; CONFIG bit 31)")
     p.add_argument("--mem-depth", metavar="N",
                    help="ext-memory words of L bytes in block RAM, a power of two (default: the board's)")
     p.add_argument("--memory", default="bram", choices=("bram", "sdram"),
@@ -102,9 +107,12 @@ def _parser():
     p.add_argument("--seed", default="1", help="nextpnr placement seed (default 1)")
     p.add_argument("--router", default="router1", choices=("router1", "router2"),
                    help="nextpnr router (default router1)")
+    p.add_argument("--clock-mhz", metavar="F",
+                   help="system clock from the ECP5 PLL (hw.pll; default: the board oscillator, "
+                        "no PLL); F must be a frequency the PLL makes within 0.1 %%")
     p.add_argument("--target-mhz", metavar="F",
-                   help="place and route for F MHz instead of the board clock (fmax_mhz then shows "
-                        "what the design reaches; the clock stays the board's)")
+                   help="place and route for F MHz instead of the system clock (fmax_mhz then "
+                        "shows what the design reaches; the clock stays the same)")
     p.add_argument("--out-dir", metavar="DIR", help="build folder (default build/board/BOARD_pP_lL)")
     return p
 
@@ -132,15 +140,14 @@ def _tool_env():
     return env
 
 
-def _fmax(report):
-    """The system clock's achieved Fmax and its constraint (the slowest clocked domain when
-    nextpnr lists several)."""
-    clocks = {k: v for k, v in report.get("fmax", {}).items() if "clk" in k.lower()}
-    if not clocks:
-        clocks = report.get("fmax", {})
+def _fmax(report, want_mhz):
+    """The system clock's name, achieved Fmax and constraint: the clock nextpnr constrained
+    closest to ``want_mhz`` (the slowest of those when several tie)."""
+    clocks = report.get("fmax", {})
     if not clocks:
         return None, None, None
-    name = min(clocks, key=lambda k: clocks[k]["achieved"])
+    name = min(clocks, key=lambda k: (abs(float(clocks[k]["constraint"]) - want_mhz),
+                                      clocks[k]["achieved"]))
     return name, float(clocks[name]["achieved"]), float(clocks[name]["constraint"])
 
 
@@ -153,7 +160,8 @@ def _overused(tim):
 
 
 def _raise_clock_constraint(work, family, target_mhz):
-    """Replace the clock constraint the platform wrote (board oscillator) by ``target_mhz``."""
+    """Replace the clock constraint the platform wrote (board oscillator) by ``target_mhz``
+    (with a PLL: the oscillator's constraint scaled, nextpnr derives the PLL output's from it)."""
     if family == "ecp5":
         path = work / "top.lpf"
         text, n = re.subn(r'(FREQUENCY PORT "[^"]+") [0-9.e+]+ HZ;', rf"\1 {target_mhz * 1e6:.0f} HZ;",
@@ -167,7 +175,7 @@ def _raise_clock_constraint(work, family, target_mhz):
 
 
 def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, seed=1, target_mhz=None,
-          router="router1", out_dir=None, timeout_s=7200):
+          clock_mhz=None, router="router1", out_dir=None, timeout_s=7200):
     """Build ``board`` (a key of :data:`BOARDS`) with Accelerator ``params`` (board defaults
     for missing keys); return the report dict (also written to ``report.json``).
 
@@ -177,7 +185,10 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
     than what a relaxed placement happened to give. ``router``: nextpnr's ``router1``
     (default) or ``router2`` (which converged worse on these builds, see docs/board.md).
     ``memory="sdram"``: the ext memory is the board's SDRAM (``hw.sdram``), ``mem_depth`` the
-    chip's."""
+    chip's. ``clock_mhz``: the system clock from the ECP5 PLL (``hw.pll.ecp5_pll``; ValueError
+    when the PLL cannot make it); the UART divisor and the SDRAM timing follow it.
+    nextpnr runs with ``--timing-allow-fail``: ``report["timing_met"]`` says whether the
+    system clock's Fmax reached ``clock_mhz``."""
     from .board import BoardPins, BoardTop
 
     if board not in BOARDS:
@@ -186,7 +197,17 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
     full = {**spec.params, **(params or {})}
     check_params(**full)
     platform = _platform(board)
-    clk_hz = int(platform.default_clk_frequency)
+    fin_hz = int(platform.default_clk_frequency)
+    clk_hz, pll = fin_hz, None
+    if clock_mhz is not None:
+        if spec.family != "ecp5":
+            raise ValueError(f"--clock-mhz: the {board} build has no PLL (ECP5 boards only)")
+        if not isinstance(clock_mhz, (int, float)) or isinstance(clock_mhz, bool):
+            raise ValueError(f"--clock-mhz must be a number, not {clock_mhz!r}")
+        pll = ecp5_pll(fin_hz, clock_mhz * 1e6)
+        clk_hz = pll.fout_hz
+        if clk_hz == fin_hz:
+            pll = None               # the oscillator itself
     if memory == "sdram":
         if mem_depth is not None:
             raise ValueError("--mem-depth does not apply to --memory sdram (the chip's size)")
@@ -200,7 +221,7 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
     else:
         raise ValueError(f"--memory must be bram or sdram, not {memory!r}")
     P, L = full["pes"], full["lanes"]
-    suffix = "_sdram" if memory == "sdram" else ""
+    suffix = ("_sdram" if memory == "sdram" else "") + ("" if full.get("delta", True) else "_nodelta")
     work = (Path(out_dir) if out_dir else
             BUILD_DIR / "board" / f"{board}_p{P}_l{L}{suffix}").resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -211,11 +232,10 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
     t0 = time.monotonic()
     if router not in ("router1", "router2"):
         raise ValueError(f"--router must be router1 or router2, not {router!r}")
+    # --timing-allow-fail: a clock that is not met still gives a report (timing_met).
     nextpnr_opts = (f"--seed {int(seed)} --router {router} --report nextpnr_report.json "
-                    f"--detailed-timing-report")
+                    f"--detailed-timing-report --timing-allow-fail")
     raise_clock = target_mhz is not None and target_mhz * 1e6 > clk_hz
-    if raise_clock:
-        nextpnr_opts += " --timing-allow-fail"
     # `rename -hide w:*]`: see hw.synth.yosys_script (yosys 0.70's ABC9 assertion on
     # Amaranth's `x[0]` wire names).
     after_read = "\n".join(("rename -hide w:*]",) + spec.after_read)
@@ -225,7 +245,7 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
                             nextpnr_opts=nextpnr_opts)
     plan.extract(str(work))
     if raise_clock:
-        _raise_clock_constraint(work, spec.family, target_mhz)
+        _raise_clock_constraint(work, spec.family, target_mhz * fin_hz / clk_hz)
     log = work / "build.log"
     with open(log, "w") as out:
         try:
@@ -247,11 +267,11 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
     key = next(k for k in stat["modules"] if k.lstrip("\\") == "top")
     cells = dict(stat["modules"][key].get("num_cells_by_type", {}))
     report = json.loads((work / "nextpnr_report.json").read_text())
-    clk, fmax, target = _fmax(report)
+    want = target_mhz if raise_clock else clk_hz / 1e6
+    clk, fmax, target = _fmax(report, want)
     paths = [p for p in report.get("critical_paths", []) if clk and p.get("from", "").endswith(clk)]
-    if fmax is None or fmax < clk_hz / 1e6:
-        raise BuildError(f"the design reaches {fmax} MHz, less than the {clk_hz / 1e6:g} MHz board "
-                         f"clock; see {work / 'top.tim'}", work / "top.tim")
+    if fmax is None:
+        raise BuildError(f"nextpnr reported no clock; see {work / 'top.tim'}", work / "top.tim")
     bit = work / ("top.bit" if spec.family == "ecp5" else "top.bin")
     result = {
         "board": board,
@@ -259,6 +279,10 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
         "fmax_mhz": fmax,
         "clock": clk,
         "clock_mhz": clk_hz / 1e6,
+        "timing_met": fmax >= clk_hz / 1e6,
+        "pll": None if pll is None else {"clki_div": pll.clki_div, "clkfb_div": pll.clkfb_div,
+                                         "clkop_div": pll.clkop_div,
+                                         "vco_mhz": float(pll.fvco) / 1e6},
         "target_mhz": target,
         "luts": _count(cells, fam["luts"]),
         "ffs": _count(cells, fam["ffs"]),
@@ -267,7 +291,8 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
         "critical_path": critical_path_summary(paths[0]) if paths else "no clocked path",
         "utilization": {k: v["used"] for k, v in report.get("utilization", {}).items() if v.get("used")},
         "cells": cells,
-        "params": {**full, "mem_depth": mem_depth, "memory": memory, "baud": baud, "clk_hz": clk_hz, "seed": seed,
+        "params": {**full, "delta": full.get("delta", True), "mem_depth": mem_depth, "memory": memory,
+                   "baud": baud, "clk_hz": clk_hz, "clock_mhz": clock_mhz, "seed": seed,
                    "target_mhz": target_mhz, "router": router},
         "bitstream": str(bit) if bit.exists() else None,
         "seconds": round(time.monotonic() - t0, 1),
@@ -286,6 +311,8 @@ def main(argv=None):
             text = getattr(args, name)
             if text is not None:
                 params[name] = _int("--" + name.replace("_", "-"), text)
+        if args.no_delta:
+            params["delta"] = False
         mem_depth = None if args.mem_depth is None else _int("--mem-depth", args.mem_depth)
         baud = _int("--baud", args.baud)
         seed = _int("--seed", args.seed)
@@ -297,14 +324,33 @@ def main(argv=None):
                 raise ValueError(f"--target-mhz must be a number, not {args.target_mhz!r}") from None
             if not 1 <= target <= 1000:
                 raise ValueError(f"--target-mhz must be in [1, 1000], not {args.target_mhz}")
+        clock = None
+        if args.clock_mhz is not None:
+            try:
+                clock = float(args.clock_mhz)
+            except ValueError:
+                raise ValueError(f"--clock-mhz must be a number, not {args.clock_mhz!r}") from None
         full = {**spec.params, **params}
         check_params(**full)
         if mem_depth is not None and (mem_depth < 16 or mem_depth & (mem_depth - 1)):
             raise ValueError(f"--mem-depth must be a power of two ≥ 16, not {mem_depth}")
         from .uart import uart_divisor
-        uart_divisor(int(_platform(args.board).default_clk_frequency), baud)
+        fin = int(_platform(args.board).default_clk_frequency)
+        if clock is not None:
+            if spec.family != "ecp5":
+                raise ValueError(f"--clock-mhz: the {args.board} build has no PLL (ECP5 boards only)")
+            try:
+                clk = ecp5_pll(fin, clock * 1e6).fout_hz
+            except ValueError as e:
+                raise ValueError(f"--clock-mhz {args.clock_mhz}: {e}") from None
+        else:
+            clk = fin
+        try:
+            uart_divisor(clk, baud)
+        except ValueError as e:
+            raise ValueError(f"--baud {baud} at {clk / 1e6:g} MHz: {e}") from None
         result = build(args.board, params=params, mem_depth=mem_depth, memory=args.memory,
-                       baud=baud, seed=seed,
+                       baud=baud, seed=seed, clock_mhz=clock,
                        target_mhz=target, router=args.router, out_dir=args.out_dir)
     except (ValueError, TypeError) as e:
         msg = str(e)
@@ -316,13 +362,17 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     p = result["params"]
-    print(f"{args.board}: P={p['pes']} L={p['lanes']} mem {p['mem_depth']} words ({p['memory']}), "
+    print(f"{args.board}: P={p['pes']} L={p['lanes']}{'' if p.get('delta', True) else ' no-delta'} "
+          f"mem {p['mem_depth']} words ({p['memory']}), "
           f"Fmax {result['fmax_mhz']:.1f} MHz (clock {result['clock_mhz']:g} MHz), "
           f"{result['luts']} LUT, {result['ffs']} FF, {result['dsps']} DSP, {result['brams']} BRAM, "
           f"{result['seconds']:.0f} s")
     print(f"bitstream: {result['bitstream']}")
+    if not result["timing_met"]:
+        print(f"error: timing not met: Fmax {result['fmax_mhz']:.1f} MHz < the "
+              f"{result['clock_mhz']:g} MHz clock (report written)", file=sys.stderr)
     print(Path(result["dir"]) / "report.json")
-    return 0
+    return 0 if result["timing_met"] else 1
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 docs/isa.md defines the instructions and error codes; docs/architecture.md the timing.
 """
 import numpy as np
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -72,8 +72,11 @@ class Controller(wiring.Component):
     """
 
     def __init__(self, *, pes, lanes, amem_depth, cmem_depth, bbuf_depth, pbuf_depth,
-                 imem_depth, delta_k=None):
+                 imem_depth, delta_k=None, delta=True):
         self._pes = check_int("pes", pes, lo=1, hi=64)
+        if not isinstance(delta, bool):
+            raise TypeError(f"delta must be True or False, not {delta!r}")
+        self._delta = delta       # False: no delta datapath, DMATMUL is ILLEGAL_OPCODE
         if delta_k is None:
             delta_k = DELTA_WORDS * lanes
         self._delta_k = check_int("delta_k", delta_k, lo=1, hi=1024)
@@ -136,7 +139,7 @@ class Controller(wiring.Component):
         kt1 = Signal(17)          # ⌈k/L⌉: PBUF tiles of a row operation
         bad1 = Signal()
         gpass1 = Signal(9)        # DMATMUL: ⌈tiles/P⌉ column passes
-        is_dm = op == Op.DMATMUL
+        is_dm = (op == Op.DMATMUL) if self._delta else Const(0, 1)   # delta=False: illegal
         is_mm = (op == Op.MATMUL) | is_dm
         is_sm, is_ln, is_radd = op == Op.SOFTMAX, op == Op.LAYERNORM, op == Op.RADD
         is_rcp = op == Op.RECIP

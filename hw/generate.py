@@ -42,8 +42,11 @@ def _parser():
                 "imem_depth": "instructions, 2…65536"}[name]
         p.add_argument("--" + name.replace("_", "-"), default=str(DEFAULTS[name]), metavar="N",
                        help=f"{what}, a power of two (default {DEFAULTS[name]})")
+    p.add_argument("--no-delta", action="store_true",
+                   help="leave out the delta datapath (DMATMUL then raises ILLEGAL_OPCODE; "
+                        "CONFIG bit 31 set): a smaller design")
     p.add_argument("--name", default=None,
-                   help="Verilog module name (default accel_p{P}_l{L})")
+                   help="Verilog module name (default accel_p{P}_l{L}, with _nodelta)")
     p.add_argument("--out", default=None, metavar="PATH",
                    help="output file (default build/NAME.v in the repository)")
     return p
@@ -62,7 +65,8 @@ def generate(params, *, name=None, out=None):
     from amaranth.back import verilog
 
     check_params(**{**DEFAULTS, **params})
-    name = name or f"accel_p{params['pes']}_l{params.get('lanes', DEFAULTS['lanes'])}"
+    name = name or (f"accel_p{params['pes']}_l{params.get('lanes', DEFAULTS['lanes'])}"
+                    + ("" if params.get("delta", True) else "_nodelta"))
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"--name must be a Verilog identifier, not {name!r}")
     path = Path(out) if out else REPO / "build" / f"{name}.v"
@@ -95,6 +99,8 @@ def main(argv=None):
         params = {"pes": _int("pes", args.pes), "lanes": _int("lanes", args.lanes)}
         for name in DEPTH_LIMITS:
             params[name] = _int(name, getattr(args, name))
+        if args.no_delta:
+            params["delta"] = False
         path = generate(params, name=args.name, out=args.out)
     except (ValueError, TypeError, OSError) as e:
         msg = str(e)
@@ -103,7 +109,8 @@ def main(argv=None):
         print(f"error: {msg}", file=sys.stderr)
         return 2
     print(f"P={params['pes']} L={params['lanes']} "
-          + " ".join(f"{k}={params[k]}" for k in DEPTH_LIMITS))
+          + " ".join(f"{k}={params[k]}" for k in DEPTH_LIMITS)
+          + (" no-delta" if args.no_delta else ""))
     print(path)
     return 0
 

@@ -8,10 +8,12 @@ from amaranth.hdl import unsigned
 from amaranth.lib import data
 
 __all__ = ["Op", "Dst", "Sat", "Flag", "ErrorCode", "Csr", "FIELDS", "INSTR_BITS", "INSTR_LAYOUT",
-           "encode", "decode", "ID_MAGIC", "mem_cmd_layout", "mem_rsp_layout", "instr_words"]
+           "encode", "decode", "ID_MAGIC", "CONFIG_NO_DELTA", "mem_cmd_layout", "mem_rsp_layout", "instr_words"]
 
 INSTR_BITS = 256
 ID_MAGIC = 0x4B575431  # "KWT1"
+#: CONFIG bit 31: built without the delta datapath (``--no-delta``): DMATMUL is ILLEGAL_OPCODE.
+CONFIG_NO_DELTA = 1 << 31
 
 
 class Op(enum.IntEnum):
@@ -74,7 +76,8 @@ class ErrorCode(enum.IntEnum):
 class Csr(enum.IntEnum):
     """Word addresses of the 32-bit control/status registers."""
     ID = 0x00
-    CONFIG = 0x01        # P | L << 8 | log2(AMEM depth) << 16 | log2(BBUF depth) << 24
+    CONFIG = 0x01        # P | L << 8 | log2(AMEM depth) << 16 | log2(BBUF depth) << 24,
+    #                      bit 31 CONFIG_NO_DELTA
     CTRL = 0x02          # write: bit 0 start, bit 1 clear (halted/error/counters)
     STATUS = 0x03        # bit 0 busy, bit 1 halted, bit 2 error, bits 15:8 error code
     PC = 0x04

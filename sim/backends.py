@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.isa import Csr
+from hw.isa import Csr, Op
 
 from .errors import InputError
 from .program import AcceleratorError, CostModel, Program, SimulationError, interpret
@@ -65,8 +65,18 @@ class RunResult:
     info: dict = field(default_factory=dict)
 
 
-def _prog_len(program):
-    return program if isinstance(program, (int, np.integer)) else len(program)
+def _prog_len(program, config):
+    """The program's length; refuses a DMATMUL for a build without the delta datapath
+    (``config.delta`` False, ``--no-delta``), which would stop there with ILLEGAL_OPCODE."""
+    if isinstance(program, (int, np.integer)):
+        return program
+    if not config.delta:
+        pcs = [pc for pc, i in enumerate(program.instrs) if i["op"] == Op.DMATMUL]
+        if pcs:
+            raise InputError(f"the program has DMATMUL (PC {pcs[0]}) but this configuration has "
+                             f"no delta datapath (built with --no-delta); compile it without "
+                             f"delta thresholds")
+    return len(program)
 
 
 def _check_image(image, config):
@@ -108,7 +118,7 @@ class GoldenBackend(Backend):
     def run(self, image, program, config, *, prog_base=0, max_cycles=None):
         img = _check_image(image, config)
         t0 = time.perf_counter()
-        ext, counters = interpret(img, prog_base, _prog_len(program), config)
+        ext, counters = interpret(img, prog_base, _prog_len(program, config), config)
         return RunResult(ext, counters, self.name, time.perf_counter() - t0,
                          {"cycles_source": "cost model"})
 
@@ -151,6 +161,8 @@ def _accel_kwargs(config, acc=None):
     kw = dict(pes=config.pes, lanes=config.lanes, amem_depth=config.amem_depth,
               cmem_depth=config.cmem_depth, bbuf_depth=config.bbuf_depth,
               pbuf_depth=config.pbuf_depth, imem_depth=config.imem_depth)
+    if not config.delta:      # only passed when off: the default top has the delta datapath
+        kw["delta"] = False
     return {k: v for k, v in kw.items() if k in params or any(
         p.kind == p.VAR_KEYWORD for p in params.values())}
 
@@ -185,7 +197,7 @@ class AmaranthBackend(Backend):
         sim_system = self.sim_system or accelerator_class()[1]
         if sim_system is None:
             raise SimulationError("hw.accelerator has no SimSystem (sim wrapper) yet")
-        prog_len = _prog_len(program)
+        prog_len = _prog_len(program, config)
         max_cycles = max_cycles or default_max_cycles(program, config)
         depth = 1 << max(1, (len(img) + self.extra_words - 1).bit_length())
         kw = dict(ext_depth=depth, ext_init=_ext_word_ints(img), latency=config.mem_latency,
@@ -397,7 +409,7 @@ class VerilatorBackend(Backend):
             (tmp / "image.bin").write_bytes(np.ascontiguousarray(img).tobytes())
             cmd = [str(exe), "--image", str(tmp / "image.bin"), "--out", str(tmp / "ext.bin"),
                    "--counters", str(tmp / "counters.json"), "--prog-base", str(prog_base),
-                   "--prog-len", str(_prog_len(program)), "--latency", str(config.mem_latency),
+                   "--prog-len", str(_prog_len(program, config)), "--latency", str(config.mem_latency),
                    "--max-cycles", str(max_cycles), "--stall", str(self.stall),
                    "--seed", str(self.seed)]
             if trace:

@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from hw.board import ACK, INFO_MAGIC, NAK, PROTOCOL_VERSION, HostCmd
-from hw.isa import Csr
+from hw.isa import CONFIG_NO_DELTA, Csr
 
 from .errors import InputError, KwsError
 from .program import AcceleratorError, Job
@@ -550,15 +550,17 @@ class VerilatorLink(_Link):
 
 def board_config(link, *, depths=None):
     """The :class:`sim.program.AccelConfig` of the board behind ``link``: P, L and the AMEM and
-    BBUF depths from its CONFIG register, the other depths from ``depths`` (default the ULX3S
-    build's, ``sim.kws.HW_DEPTHS``: CONFIG does not carry them)."""
+    BBUF depths and whether it has the delta datapath (bit 31 clear) from its CONFIG register,
+    the other depths from ``depths`` (default the ULX3S build's, ``sim.kws.HW_DEPTHS``: CONFIG
+    does not carry them)."""
     from .kws import HW_DEPTHS
     from .program import AccelConfig
     cfg = link.csr_read(Csr.CONFIG)
     return AccelConfig(**{**HW_DEPTHS, **(depths or {}),
                           "pes": cfg & 0xFF, "lanes": (cfg >> 8) & 0xFF,
                           "amem_depth": 1 << ((cfg >> 16) & 0xFF),
-                          "bbuf_depth": 1 << ((cfg >> 24) & 0xFF)})
+                          "bbuf_depth": 1 << ((cfg >> 24) & 0x7F),
+                          "delta": not cfg & CONFIG_NO_DELTA})
 
 
 def kws_ops(job, *, loaded=False, **kw):

@@ -1183,6 +1183,9 @@ def compile_kwt(model, mfcc9, *, config=None, pes=None, lanes=None, parts=None, 
 
     th = delta_thresholds(delta) if delta is not None else None
     use_delta = th is not None and any(t is not None for t in th.values())
+    if use_delta and not cfg.delta:
+        raise InputError("delta thresholds need DMATMUL, and this configuration has no delta "
+                         "datapath (built with --no-delta)")
 
     def make(lay):
         QX = wring = None

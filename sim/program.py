@@ -117,6 +117,8 @@ class AccelConfig:
     take the real depths from the hardware top (:func:`sim.backends.hardware_config`); the
     defaults here are only for the golden backend when nothing else is known.
     ``mem_latency`` is the ext-memory read latency (cycles) of the simulated memory.
+    ``delta``: the build has the delta datapath (DMATMUL); ``False`` for ``--no-delta``
+    builds (CONFIG bit 31), where a DMATMUL is ILLEGAL_OPCODE.
     """
     pes: int
     lanes: int
@@ -127,8 +129,12 @@ class AccelConfig:
     imem_depth: int = 256
     mem_latency: int = 4
     delta_k: int = None          # largest K of a DMATMUL; None: 16·lanes (hw.array.DELTA_WORDS)
+    delta: bool = True           # False: built without the delta datapath (--no-delta)
 
     def __post_init__(self):
+        if not isinstance(self.delta, (bool, np.bool_)):
+            raise InputError(f"delta must be True or False, not {self.delta!r}")
+        object.__setattr__(self, "delta", bool(self.delta))
         if self.delta_k is None:
             object.__setattr__(self, "delta_k", 16 * self.lanes)
         for name in ("pes", "lanes", "amem_depth", "cmem_depth", "bbuf_depth", "pbuf_depth",
@@ -157,7 +163,8 @@ class AccelConfig:
     def key(self):
         """A short text naming this configuration (for build folders and reports)."""
         return (f"p{self.pes}_l{self.lanes}_a{self.amem_depth}_c{self.cmem_depth}"
-                f"_b{self.bbuf_depth}_pb{self.pbuf_depth}_i{self.imem_depth}")
+                f"_b{self.bbuf_depth}_pb{self.pbuf_depth}_i{self.imem_depth}"
+                + ("" if self.delta else "_nodelta"))
 
 
 class AcceleratorError(KwsError):
@@ -502,6 +509,8 @@ def static_check(i, cfg):
     if op not in Op._value2member_map_:
         return ErrorCode.ILLEGAL_OPCODE, f"opcode {op:#04x}"
     op = Op(op)
+    if op == Op.DMATMUL and not cfg.delta:
+        return ErrorCode.ILLEGAL_OPCODE, "DMATMUL on a build without the delta datapath (--no-delta)"
     R = _ceil(i["rows"], P)
     rm1 = max(R - 1, 0)
     errs = []
