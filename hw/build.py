@@ -124,6 +124,13 @@ def _int(opt, text):
         raise ValueError(f"{opt} must be an integer, not {text!r}") from None
 
 
+def _float(opt, text):
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{opt} must be a number, not {text!r}") from None
+
+
 def _platform(board):
     mod, cls = BOARDS[board].platform.split(":")
     return getattr(importlib.import_module(mod), cls)()
@@ -318,18 +325,12 @@ def main(argv=None):
         seed = _int("--seed", args.seed)
         target = None
         if args.target_mhz is not None:
-            try:
-                target = float(args.target_mhz)
-            except ValueError:
-                raise ValueError(f"--target-mhz must be a number, not {args.target_mhz!r}") from None
+            target = _float("--target-mhz", args.target_mhz)
             if not 1 <= target <= 1000:
                 raise ValueError(f"--target-mhz must be in [1, 1000], not {args.target_mhz}")
         clock = None
         if args.clock_mhz is not None:
-            try:
-                clock = float(args.clock_mhz)
-            except ValueError:
-                raise ValueError(f"--clock-mhz must be a number, not {args.clock_mhz!r}") from None
+            clock = _float("--clock-mhz", args.clock_mhz)
         full = {**spec.params, **params}
         check_params(**full)
         if mem_depth is not None and (mem_depth < 16 or mem_depth & (mem_depth - 1)):
