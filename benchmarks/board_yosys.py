@@ -6,14 +6,13 @@ Runs the script ``python -m hw.build`` would run for yosys (``synth_ecp5`` on th
 ``hw.synth`` does (docs/board.md, *Measured: the current RTL*).
 """
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hw.board import BoardPins, BoardTop          # noqa: E402
-from hw.build import BOARDS, _platform, _tool_env  # noqa: E402
+from hw.build import BOARDS, _platform, yosys_only  # noqa: E402
 from hw.synth import BUILD_DIR, FAMILIES, _count   # noqa: E402
 
 
@@ -32,13 +31,11 @@ def main(argv):
                                           script_after_read="rename -hide w:*]",
                                           script_after_synth="tee -q -o stat.json stat -json")
     plan.extract(str(work))
-    res = subprocess.run(["sh", "-c", '"$YOSYS" -q -l top.rpt top.ys'], cwd=work, env=_tool_env())
-    if res.returncode:
-        print(f"error: yosys failed; see {work / 'top.rpt'}", file=sys.stderr)
+    try:
+        cells = yosys_only(work, "top.ys", log="top.rpt")["top"]
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
-    stat = json.loads((work / "stat.json").read_text())
-    key = next(k for k in stat["modules"] if k.lstrip("\\") == "top")
-    cells = stat["modules"][key]["num_cells_by_type"]
     print(json.dumps({k: _count(cells, FAMILIES["ecp5"][k]) for k in ("luts", "ffs", "dsps", "brams")}))
     return 0
 

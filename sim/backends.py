@@ -65,18 +65,24 @@ class RunResult:
     info: dict = field(default_factory=dict)
 
 
+def _check_delta_support(program, config):
+    """Refuse a DMATMUL for a build without the delta datapath (``config.delta`` False,
+    ``--no-delta``), which would stop there with ILLEGAL_OPCODE. The Assembler checks this too,
+    but a program assembled for a delta configuration can still be handed to a no-delta one."""
+    if config.delta or isinstance(program, (int, np.integer)):
+        return
+    pcs = [pc for pc, i in enumerate(program.instrs) if i["op"] == Op.DMATMUL]
+    if pcs:
+        raise InputError(f"the program has DMATMUL (PC {pcs[0]}) but this configuration has "
+                         f"no delta datapath (built with --no-delta); compile it without "
+                         f"delta thresholds")
+
+
 def _prog_len(program, config):
-    """The program's length; refuses a DMATMUL for a build without the delta datapath
-    (``config.delta`` False, ``--no-delta``), which would stop there with ILLEGAL_OPCODE."""
-    if isinstance(program, (int, np.integer)):
-        return program
-    if not config.delta:
-        pcs = [pc for pc, i in enumerate(program.instrs) if i["op"] == Op.DMATMUL]
-        if pcs:
-            raise InputError(f"the program has DMATMUL (PC {pcs[0]}) but this configuration has "
-                             f"no delta datapath (built with --no-delta); compile it without "
-                             f"delta thresholds")
-    return len(program)
+    """The program's length (``program`` is a :class:`Program` or already its length), after
+    :func:`_check_delta_support`."""
+    _check_delta_support(program, config)
+    return program if isinstance(program, (int, np.integer)) else len(program)
 
 
 def _check_image(image, config):

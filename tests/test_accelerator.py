@@ -134,7 +134,7 @@ MATMUL_CASES = [
     (2, 4, 1, 1, 1),
     (2, 4, 7, 13, 11),
     (2, 4, 5, 3, 2),
-    (3, 4, 7, 256, 9),
+    pytest.param(3, 4, 7, 256, 9, marks=pytest.mark.slow),   # K = 256 (also in the Verilator layer)
     (3, 4, 11, 17, 5),
     (3, 4, 2, 31, 13),
     (1, 8, 3, 19, 10),

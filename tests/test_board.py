@@ -163,6 +163,7 @@ def test_protocol_commands_resync_and_errors():
     assert out["error"].code == ErrorCode.BAD_FIELD and out["error"].pc == 0
 
 
+@pytest.mark.slow  # ≈ 45 s; the default run has the same job through the Verilator pins (SDRAM)
 def test_matmul_job_through_uart():
     """A 3×8 · 8×6 int8 matmul on P = 2, L = 4 (rows 2+1 over the PEs, 2 column tiles, the
     last one half used): program + operands over the UART, start, poll, read back C."""

@@ -25,7 +25,8 @@ def _ports(text, name):
     return ports
 
 
-@pytest.mark.parametrize("pes, lanes", [(1, 4), (2, 4), (3, 8), (1, 32)])
+@pytest.mark.parametrize("pes, lanes", [(1, 4), (2, 4), pytest.param(3, 8, marks=pytest.mark.slow),
+                                        pytest.param(1, 32, marks=pytest.mark.slow)])
 def test_emits_small_and_lints(tmp_path, capsys, pes, lanes):
     out = tmp_path / "sub" / "acc.v"
     assert gen.main(["--pes", str(pes), "--lanes", str(lanes), *SMALL, "--name", "acc",
@@ -49,8 +50,9 @@ def test_emits_small_and_lints(tmp_path, capsys, pes, lanes):
     lint(out, "acc")
 
 
+@pytest.mark.slow  # ≈ 95 s; the default run builds this configuration with Verilator anyway
 def test_emits_p8_l16_default_and_lints(tmp_path, capsys):
-    """The KWT-1 configuration with default depths; lint takes ≈ 6 s, emission ≈ 16 s."""
+    """The KWT-1 configuration with default depths (``make demo``'s command)."""
     out = tmp_path / "accel.v"
     assert gen.main(["--pes", "8", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)

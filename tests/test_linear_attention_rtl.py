@@ -173,7 +173,8 @@ def _amem_t_case(pg, rng, *, M, K, N, sat, act=False, relu=False, bias=True, tab
     return dict(A=A, B=B, bv=bv, m=m, sh=sh, M=M, N=N, out_stride=out_stride)
 
 
-@pytest.mark.parametrize("P", [1, 2, 3])
+@pytest.mark.parametrize("P", [pytest.param(1, marks=pytest.mark.slow),
+                               pytest.param(2, marks=pytest.mark.slow), 3])
 def test_matmul_amem_t(P):
     """MATMUL dst AMEM_T at L = 4 with P = 1, 2, 3: odd rows and columns, sat INT8 / INT9 /
     UINT8, with and without ACT (both tables, RELU), several passes and tiles, out_stride

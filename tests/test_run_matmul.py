@@ -264,7 +264,8 @@ def _chain_case(P, L, M=37, K=40):
 
 
 @needs_hw
-@pytest.mark.parametrize("backend, pl", [("amaranth", (2, 4)), ("verilator", (8, 16))])
+@pytest.mark.parametrize("backend, pl", [pytest.param("amaranth", (2, 4), marks=pytest.mark.slow),
+                                         ("verilator", (8, 16))])
 def test_hw_chained_matmul(backend, pl):
     job, expected = _chain_case(*pl)
     c, _ = run_job(job, backend)
@@ -272,7 +273,8 @@ def test_hw_chained_matmul(backend, pl):
 
 
 @needs_hw
-@pytest.mark.parametrize("backend, pl", [("amaranth", (3, 4)), ("verilator", (8, 16))])
+@pytest.mark.parametrize("backend, pl", [pytest.param("amaranth", (3, 4), marks=pytest.mark.slow),
+                                         ("verilator", (8, 16))])
 def test_hw_bbuf_t_and_bbuf_rows(backend, pl):
     cfg, image, program, base, read, expected = attention_case(*pl, M=13 if backend == "amaranth" else 21)
     res = get_backend(backend).run(image, program, cfg, prog_base=base)
