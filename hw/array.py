@@ -910,7 +910,12 @@ class PEArray(wiring.Component):
         m.d.sync += [cwd[k + 1].eq(cwd[k]) for k in range(4)]
         xrow4 = Signal(9 * L)
         m.d.sync += xrow4.eq(pick((pe.arow for pe in pes), dtq))
-        xw = pick(xhat, cwd[4])
+        # X̂ word read one stage early (its address is known in M3), so the Δ compare starts
+        # from registers: this path was the ULX3S critical path (docs/board.md).  No hazard:
+        # the words of one token differ, and a token's words are written before the next
+        # token's scan reads them.
+        xw = Signal(9 * L)
+        m.d.sync += xw.eq(pick(xhat, cwd[3]))
         first_tok = is_zero(dt)
         theta = desc.theta
         new_x, new_d, new_m = [], [], []
