@@ -7,6 +7,7 @@ define what it computes, docs/architecture.md how.
 """
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .isa import Dst, Flag
@@ -871,8 +872,13 @@ class PEArray(wiring.Component):
         dtq = Signal(qbits)
         dxrow, dorow, dwbase, djoff = Signal(AB), Signal(AB), Signal(AB), Signal(AB)
         dnw = Signal(range(NW + 1))
-        xhat = [Signal(9 * L, name=f"xhat{w}") for w in range(NW)]
-        dbuf = [Signal(10 * L, name=f"dbuf{w}") for w in range(NW)]
+        # X̂ and Δ words in LUT RAM (one write and one read port each), not NW·19·L flip-flops
+        # behind NW:1 multiplexers.  No reset is needed: token 0 of a pass writes every word.
+        ram = {"ram_style": "distributed"}
+        m.submodules.delta_xhat = xhat = Memory(shape=9 * L, depth=max(2, NW), init=[],
+                                                attrs=ram)
+        m.submodules.delta_dbuf = dbuf = Memory(shape=10 * L, depth=max(2, NW), init=[],
+                                                attrs=ram)
         dmask = [Signal(L, name=f"dmask{w}") for w in range(NW)]
         nonempty = Signal(NW)
         ew = Signal(wbits)
@@ -914,8 +920,9 @@ class PEArray(wiring.Component):
         # from registers: this path was the ULX3S critical path (docs/board.md).  No hazard:
         # the words of one token differ, and a token's words are written before the next
         # token's scan reads them.
-        xw = Signal(9 * L)
-        m.d.sync += xw.eq(pick(xhat, cwd[3]))
+        xhat_r = xhat.read_port(domain="sync")
+        xw = xhat_r.data
+        m.d.comb += xhat_r.addr.eq(cwd[3])
         first_tok = is_zero(dt)
         theta = desc.theta
         new_x, new_d, new_m = [], [], []
@@ -932,11 +939,13 @@ class PEArray(wiring.Component):
             new_d.append(dl)
             new_m.append(lane_ok & dl.any())
             new_x.append(Mux(send, x, xh)[:9])
+        for mem, val in ((xhat, Cat(*new_x)), (dbuf, Cat(*new_d))):
+            wp = mem.write_port()
+            m.d.comb += [wp.addr.eq(cwd[4]), wp.data.eq(val), wp.en.eq(cv[4])]
         with m.If(cv[4]):
             for w in range(NW):
                 with m.If(_eq(cwd[4], w)):
-                    m.d.sync += [xhat[w].eq(Cat(*new_x)), dbuf[w].eq(Cat(*new_d)),
-                                 dmask[w].eq(Cat(*new_m)), nonempty[w].eq(Cat(*new_m).any())]
+                    m.d.sync += [dmask[w].eq(Cat(*new_m)), nonempty[w].eq(Cat(*new_m).any())]
 
         # ---- parameter fetch: 8 PBUF reads per PE (4 bias, 2 m, 1 sh words), captured in D2.
         fv = [Signal(name=f"dfv{k}") for k in range(3)]
@@ -968,7 +977,9 @@ class PEArray(wiring.Component):
 
         # ---- the sequencer
         more = nonempty & ~((Const(2, NW + 1) << ew)[:NW] - 1)   # nonempty words after ew
-        cur_d = pick(dbuf, ew)
+        dbuf_r = dbuf.read_port(domain="comb")
+        cur_d = dbuf_r.data
+        m.d.comb += dbuf_r.addr.eq(ew)
         i_sel = ffs(emask, L)
         rest = emask & (emask - 1)
         w_next = ffs(more, NW)

@@ -136,5 +136,5 @@ def test_generate_no_delta(tmp_path):
         assert main(small + flag + ["--out", str(out)]) == 0
         texts[bool(flag)] = out.read_text()
     # the delta sequencer's X̂ buffer exists only in the full build
-    assert "xhat0" in texts[False] and "xhat0" not in texts[True]
+    assert "delta_xhat" in texts[False] and "delta_xhat" not in texts[True]
     assert len(texts[True]) < len(texts[False])
