@@ -916,28 +916,35 @@ class PEArray(wiring.Component):
         m.d.sync += [cwd[k + 1].eq(cwd[k]) for k in range(4)]
         xrow4 = Signal(9 * L)
         m.d.sync += xrow4.eq(pick((pe.arow for pe in pes), dtq))
-        # X̂ word read one stage early (its address is known in M3), so the Δ compare starts
-        # from registers: this path was the ULX3S critical path (docs/board.md).  No hazard:
-        # the words of one token differ, and a token's words are written before the next
-        # token's scan reads them.
+        # The Δ compare starts from registers (it was the ULX3S critical path, docs/board.md):
+        # the X̂ word is read in M2 (its address is known then), and in M3 the bounds
+        # x̂ ± θ and the lanes' k < K are registered, so that M4 holds two compares in
+        # parallel (|x − x̂| > θ ⟺ x > x̂ + θ or x < x̂ − θ) instead of subtract, absolute
+        # value and compare in series.  No hazard: the words of one token differ, and a
+        # token's words are written (M4) before the next token's scan reads them.
         xhat_r = xhat.read_port(domain="sync")
-        xw = xhat_r.data
-        m.d.comb += xhat_r.addr.eq(cwd[3])
+        m.d.comb += xhat_r.addr.eq(cwd[2])
+        xw = Signal(9 * L)
+        lane_ok = Signal(L)
+        m.d.sync += xw.eq(xhat_r.data)
         first_tok = is_zero(dt)
         theta = desc.theta
         new_x, new_d, new_m = [], [], []
         for l in range(L):
+            xh3 = xhat_r.data[9 * l:9 * l + 9].as_signed()
+            hi, lo = Signal(signed(10), name=f"dhi{l}"), Signal(signed(10), name=f"dlo{l}")
+            m.d.sync += [hi.eq(xh3 + theta), lo.eq(xh3 - theta),
+                         lane_ok[l].eq(((cwd[3] << lsh) + l) < desc.k)]
             x = xrow4[9 * l:9 * l + 9].as_signed()
             xh = xw[9 * l:9 * l + 9].as_signed()
             dd = Signal(signed(10), name=f"dd{l}")
             m.d.comb += dd.eq(x - xh)
-            mag = Mux(dd < 0, -dd, dd)
-            lane_ok = ((cwd[4] << lsh) + l) < desc.k
-            send = first_tok | (mag > theta)
+            over = (x > hi) | (x < lo)       # |Δ| > θ ≥ 0, so Δ ≠ 0
+            send = first_tok | over
             dl = Signal(signed(10), name=f"dl{l}")
-            m.d.comb += dl.eq(Mux(lane_ok, Mux(first_tok, x, Mux(send, dd, 0)), 0))
+            m.d.comb += dl.eq(Mux(lane_ok[l], Mux(first_tok, x, Mux(over, dd, 0)), 0))
             new_d.append(dl)
-            new_m.append(lane_ok & dl.any())
+            new_m.append(lane_ok[l] & Mux(first_tok, x.any(), over))
             new_x.append(Mux(send, x, xh)[:9])
         for mem, val in ((xhat, Cat(*new_x)), (dbuf, Cat(*new_d))):
             wp = mem.write_port()

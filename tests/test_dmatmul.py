@@ -298,3 +298,51 @@ def test_dmatmul_verilator_p8():
     _, cnt = interpret(img.reshape(-1), base, n, cfg)
     assert res.counters["MAC_CYCLES"] == 2 * int(np.maximum(nnz, 1).sum())
     assert abs(res.counters["CYCLES"] - cnt["CYCLES"]) <= 8
+
+
+@pytest.mark.parametrize("theta", [2, 254])
+def test_dmatmul_threshold_boundary_int9(theta):
+    """The compare at its edges: int9 tokens (2·A made on chip) whose changes are exactly ±θ
+    (not sent), ±(θ + 2) (sent) and full-scale jumps −256 ↔ 254 (|Δ| = 510 > any θ)."""
+    P, L, M, K, N = 2, 4, 8, 8, 6
+    rng = np.random.default_rng(30 + theta)
+    h = theta // 2
+    steps = np.array([0, h, -h, h + 1, -(h + 1), 127, -128])
+    A = np.zeros((M, K), np.int64)
+    A[0] = rng.choice([-128, -1, 0, 1, 127], K)
+    for t in range(1, M):       # int8 walk: every step's size is one of the edge cases
+        A[t] = np.clip(A[t - 1] + rng.choice(steps, K), -128, 127)
+    A[M - 2] = -128
+    A[M - 1] = 127
+    X = 2 * A
+    T_k = tiles(K, L)
+    W = rng.integers(-128, 128, (K, N))
+    bias = rng.integers(-3000, 3000, N)
+    m, sh = fit(matmul(X, W, bias[None, :]), 200)
+    T = tiles(N, L)
+    pg = Program(L)
+    pg(Op.LOAD_A, ext_addr=pg.put(a_words(A, L)), rows=M, k=K, a_base=0, a_stride=T_k * L)
+    from tests.test_accelerator import b_words
+    pg(Op.LOAD_B, ext_addr=pg.put(b_words(2 * np.eye(K, dtype=np.int64), L)), count=T_k * K,
+       b_base=0)
+    ones = np.ones(K, np.int64)
+    pg(Op.LOAD_P, ext_addr=pg.put(p_words(0 * ones, ones, 0 * ones, L)), count=T_k, p_base=8)
+    xb = 64
+    pg(Op.MATMUL, rows=M, k=K, tiles=T_k, count=K, a_base=0, a_stride=T_k * L, b_base=0,
+       p_base=8, dst=Dst.AMEM, sat=Sat.INT9, out_base=xb, out_stride=T_k * L)
+    ww, wrows = w_delta_words(W, P, L)
+    wb = 128
+    pg(Op.LOAD_A, ext_addr=pg.put(ww), rows=wrows, k=L, a_base=wb, a_stride=L)
+    pg(Op.LOAD_P, ext_addr=pg.put(p_words(bias, m, sh, L)), count=T, p_base=0)
+    ob = 512
+    pg(Op.DMATMUL, rows=M, k=K, tiles=T, count=N, a_base=xb, a_stride=T_k * L, b_base=wb,
+       p_base=0, dst=Dst.AMEM, sat=Sat.INT9, flags=Flag.BIAS, out_base=ob, out_stride=T * L,
+       imm=theta << 8)
+    o, _ = observe(pg, rows=M, n=N, a_base=ob, a_stride=T * L, b_base=200, out_base=0)
+    pg(Op.HALT)
+    r, _, _ = run_both(pg, P)
+    xhat, nnz = delta_rows(X, theta)
+    d = np.abs(np.diff(X, axis=0))
+    assert (d == theta).any() and (d > theta).any() and d.max() == 510   # the edges occur
+    want = requant(matmul(xhat, W, bias[None, :]), m, sh, *INT9)
+    np.testing.assert_array_equal(c_from_words(r["mem"], M, T, L, o)[:, :N], want)
