@@ -183,17 +183,38 @@ def test_dmatmul_interp_and_cost_model(theta):
         assert abs(r[k] - cnt[k.upper()]) <= 2, (k, r[k], cnt[k.upper()])
 
 
+def int9_dmatmul(pg, P, A, W, bias, m, sh, *, sat, flags, imm):
+    """Emit X = 2·A made on chip (int9, by a MATMUL with 2·I into AMEM at 64), W for DMATMUL
+    at AMEM 128, the parameters at PBUF 0 and the DMATMUL (dst AMEM at 512, returned)."""
+    from tests.test_accelerator import b_words
+    L = pg.L
+    (M, K), N = A.shape, W.shape[1]
+    T_k, T = tiles(K, L), tiles(N, L)
+    pg(Op.LOAD_A, ext_addr=pg.put(a_words(A, L)), rows=M, k=K, a_base=0, a_stride=T_k * L)
+    pg(Op.LOAD_B, ext_addr=pg.put(b_words(2 * np.eye(K, dtype=np.int64), L)), count=T_k * K,
+       b_base=0)
+    ones = np.ones(K, np.int64)
+    pg(Op.LOAD_P, ext_addr=pg.put(p_words(0 * ones, ones, 0 * ones, L)), count=T_k, p_base=8)
+    xb, wb, ob = 64, 128, 512
+    pg(Op.MATMUL, rows=M, k=K, tiles=T_k, count=K, a_base=0, a_stride=T_k * L, b_base=0,
+       p_base=8, dst=Dst.AMEM, sat=Sat.INT9, out_base=xb, out_stride=T_k * L)
+    ww, wrows = w_delta_words(W, P, L)
+    pg(Op.LOAD_A, ext_addr=pg.put(ww), rows=wrows, k=L, a_base=wb, a_stride=L)
+    pg(Op.LOAD_P, ext_addr=pg.put(p_words(bias, m, sh, L)), count=T, p_base=0)
+    pg(Op.DMATMUL, rows=M, k=K, tiles=T, count=N, a_base=xb, a_stride=T_k * L, b_base=wb,
+       p_base=0, dst=Dst.AMEM, sat=sat, flags=flags, out_base=ob, out_stride=T * L, imm=imm)
+    return ob
+
+
 def test_dmatmul_edges_int9_chain_act():
     """Token rows of −128 and all-equal rows (every later Δ zero), int9 inputs made on chip by
     a MATMUL (2·I, sat INT9) right before the DMATMUL (dst AMEM, BIAS, ACT on table 1 with
     RELU), and a dense MATMUL reading the DMATMUL's output: all bit-exact."""
     from tests.test_accelerator_ops import t_words
-    from tests.test_accelerator import b_words
     P, L, M, K, N = 2, 4, 6, 8, 10
     rng = np.random.default_rng(21)
     A = np.full((M, K), -128)
     A[3:] = rng.integers(-128, 128, K)          # tokens 3…5 equal: Δ = 0
-    T_k = tiles(K, L)
     W = rng.integers(-128, 128, (K, N))
     W[:, 0] = -128
     bias = rng.integers(-3000, 3000, N)
@@ -204,22 +225,8 @@ def test_dmatmul_edges_int9_chain_act():
     T = tiles(N, L)
     pg = Program(L)
     pg(Op.LOAD_T, ext_addr=pg.put(t_words(lut, L)), count=512, a_base=0)
-    pg(Op.LOAD_A, ext_addr=pg.put(a_words(A, L)), rows=M, k=K, a_base=0, a_stride=T_k * L)
-    eye2 = 2 * np.eye(K, dtype=np.int64)
-    pg(Op.LOAD_B, ext_addr=pg.put(b_words(eye2, L)), count=T_k * K, b_base=0)
-    ones = np.ones(K, np.int64)
-    pg(Op.LOAD_P, ext_addr=pg.put(p_words(0 * ones, ones, 0 * ones, L)), count=T_k, p_base=8)
-    xb = 64
-    pg(Op.MATMUL, rows=M, k=K, tiles=T_k, count=K, a_base=0, a_stride=T_k * L, b_base=0,
-       p_base=8, dst=Dst.AMEM, sat=Sat.INT9, out_base=xb, out_stride=T_k * L)
-    ww, wrows = w_delta_words(W, P, L)
-    wb = 128
-    pg(Op.LOAD_A, ext_addr=pg.put(ww), rows=wrows, k=L, a_base=wb, a_stride=L)
-    pg(Op.LOAD_P, ext_addr=pg.put(p_words(bias, m, sh, L)), count=T, p_base=0)
-    ob = 512
-    pg(Op.DMATMUL, rows=M, k=K, tiles=T, count=N, a_base=xb, a_stride=T_k * L, b_base=wb,
-       p_base=0, dst=Dst.AMEM, sat=Sat.INT8, flags=Flag.BIAS | Flag.ACT | Flag.RELU,
-       out_base=ob, out_stride=T * L, imm=1 | (3 << 8))
+    ob = int9_dmatmul(pg, P, A, W, bias, m, sh, sat=Sat.INT8,
+                      flags=Flag.BIAS | Flag.ACT | Flag.RELU, imm=1 | (3 << 8))
     o, _ = observe(pg, rows=M, n=N, a_base=ob, a_stride=T * L, b_base=200, out_base=0)
     pg(Op.HALT)
     r, ext, cnt = run_both(pg, P)
@@ -315,33 +322,16 @@ def test_dmatmul_threshold_boundary_int9(theta):
     A[M - 2] = -128
     A[M - 1] = 127
     X = 2 * A
-    T_k = tiles(K, L)
     W = rng.integers(-128, 128, (K, N))
     bias = rng.integers(-3000, 3000, N)
     m, sh = fit(matmul(X, W, bias[None, :]), 200)
     T = tiles(N, L)
     pg = Program(L)
-    pg(Op.LOAD_A, ext_addr=pg.put(a_words(A, L)), rows=M, k=K, a_base=0, a_stride=T_k * L)
-    from tests.test_accelerator import b_words
-    pg(Op.LOAD_B, ext_addr=pg.put(b_words(2 * np.eye(K, dtype=np.int64), L)), count=T_k * K,
-       b_base=0)
-    ones = np.ones(K, np.int64)
-    pg(Op.LOAD_P, ext_addr=pg.put(p_words(0 * ones, ones, 0 * ones, L)), count=T_k, p_base=8)
-    xb = 64
-    pg(Op.MATMUL, rows=M, k=K, tiles=T_k, count=K, a_base=0, a_stride=T_k * L, b_base=0,
-       p_base=8, dst=Dst.AMEM, sat=Sat.INT9, out_base=xb, out_stride=T_k * L)
-    ww, wrows = w_delta_words(W, P, L)
-    wb = 128
-    pg(Op.LOAD_A, ext_addr=pg.put(ww), rows=wrows, k=L, a_base=wb, a_stride=L)
-    pg(Op.LOAD_P, ext_addr=pg.put(p_words(bias, m, sh, L)), count=T, p_base=0)
-    ob = 512
-    pg(Op.DMATMUL, rows=M, k=K, tiles=T, count=N, a_base=xb, a_stride=T_k * L, b_base=wb,
-       p_base=0, dst=Dst.AMEM, sat=Sat.INT9, flags=Flag.BIAS, out_base=ob, out_stride=T * L,
-       imm=theta << 8)
+    ob = int9_dmatmul(pg, P, A, W, bias, m, sh, sat=Sat.INT9, flags=Flag.BIAS, imm=theta << 8)
     o, _ = observe(pg, rows=M, n=N, a_base=ob, a_stride=T * L, b_base=200, out_base=0)
     pg(Op.HALT)
     r, _, _ = run_both(pg, P)
-    xhat, nnz = delta_rows(X, theta)
+    xhat, _ = delta_rows(X, theta)
     d = np.abs(np.diff(X, axis=0))
     assert (d == theta).any() and (d > theta).any() and d.max() == 510   # the edges occur
     want = requant(matmul(xhat, W, bias[None, :]), m, sh, *INT9)
