@@ -874,6 +874,7 @@ class PEArray(wiring.Component):
         dnw = Signal(range(NW + 1))
         # X̂ and Δ words in LUT RAM (one write and one read port each), not NW·19·L flip-flops
         # behind NW:1 multiplexers.  No reset is needed: token 0 of a pass writes every word.
+        # Depth ≥ 2 because the word counters (cwd, ew) are at least one bit wide.
         ram = {"ram_style": "distributed"}
         m.submodules.delta_xhat = xhat = Memory(shape=9 * L, depth=max(2, NW), init=[],
                                                 attrs=ram)
