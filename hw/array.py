@@ -984,7 +984,10 @@ class PEArray(wiring.Component):
             ]
 
         # ---- the sequencer
-        more = nonempty & ~((Const(2, NW + 1) << ew)[:NW] - 1)   # nonempty words after ew
+        # The nonempty words after ew, a register: set in EMIT0, its lowest bit dropped at each
+        # word step (decoding it from ew, a shift and a subtract, was the ULX3S critical path
+        # after the scan's: ew → d_last → d_issue → nonempty, docs/board.md).
+        more = Signal(NW)
         dbuf_r = dbuf.read_port(domain="comb")
         cur_d = dbuf_r.data
         m.d.comb += dbuf_r.addr.eq(ew)
@@ -1034,7 +1037,8 @@ class PEArray(wiring.Component):
             with m.If(dcnt == 3):
                 m.d.sync += dstate.eq(EMIT0)
         with m.Elif(dstate == EMIT0):
-            m.d.sync += [dstate.eq(EMIT), ew.eq(w0), emask.eq(pick(dmask, w0))]
+            m.d.sync += [dstate.eq(EMIT), ew.eq(w0), emask.eq(pick(dmask, w0)),
+                         more.eq(nonempty & (nonempty - 1))]
         with m.Else():   # EMIT
             with m.If(d_issue):
                 m.d.sync += tok_first.eq(0)
@@ -1042,7 +1046,8 @@ class PEArray(wiring.Component):
                     with m.If(rest.any()):
                         m.d.sync += emask.eq(rest)
                     with m.Else():
-                        m.d.sync += [ew.eq(w_next), emask.eq(pick(dmask, w_next))]
+                        m.d.sync += [ew.eq(w_next), emask.eq(pick(dmask, w_next)),
+                                     more.eq(more & (more - 1))]
                 with m.Else():
                     m.d.sync += [ring_w.eq(~ring_w), d_alloc.eq(d_alloc + 1)]
                     for k in range(2):
@@ -1093,17 +1098,26 @@ class PEArray(wiring.Component):
         wm = Signal(dmeta_layout)
         w_p = Signal(range(P + 1))
         w_s = Signal(2)
-        w_n = Signal(signed(AB))
+        w_n = Signal(signed(AB))     # columns left from PE row w_p on
+        # The PE row's lane enables and "last PE row with columns in this pass" (later PEs have
+        # none: N ran out) are registers, computed from the next w_n: decoding them from w_n
+        # fed the CMEM write enables and addresses in series (the P = 2 ULX3S critical path,
+        # docs/board.md).
+        lane_en = Signal(L)
+        last_row = Signal()
+
+        def lanes_of(n):
+            return Mux(n >= L, (1 << L) - 1,
+                       Mux(n > 0, ((Const(1, L + 1) << n[:lsh + 1]) - 1)[:L], 0))
+
         with m.If(~w_busy):
             with m.If((dfull >> w_blk)[0]):
                 bm = data.View(dmeta_layout, pick((d.as_value() for d in dmeta), w_blk))
                 m.d.sync += [w_busy.eq(1), wm.eq(bm), w_p.eq(0), w_s.eq(0), w_n.eq(bm.dn),
-                             dw_addr.eq(bm.drow)]
+                             dw_addr.eq(bm.drow), lane_en.eq(lanes_of(bm.dn)),
+                             last_row.eq(Const(P == 1, 1) | (bm.dn <= L))]
         rows_b = [pick((cblk[b][p] for b in range(NB)), w_blk) for p in range(P)]
         row = pick(rows_b, w_p[:qbits] if P > 1 else 0)
-        ncols = Mux(w_n >= L, L, Mux(w_n > 0, w_n[:lsh + 1], 0))
-        lane_en = Signal(L)
-        m.d.comb += lane_en.eq((Const(1, L + 1) << ncols) - 1)
         step_end = Signal()
         m.d.comb += [
             dw_q.eq(wm.dq),
@@ -1118,13 +1132,13 @@ class PEArray(wiring.Component):
                                           Mux(grp[16 * s + 15], 0xFFFF, 0)[:16])
                                       for s in range(cw))))
         m.d.comb += dw_en.eq(Mux(wm.cmem, (lane_en >> (w_s * cw))[:cw], lane_en))
-        # the last PE row with columns in this pass (later PEs have none: N ran out)
-        last_row = (w_p == P - 1) | (w_n <= L)
         with m.If(w_busy):
             with m.If(wm.cmem & ~step_end):
                 m.d.sync += [w_s.eq(w_s + 1), dw_addr.eq(dw_addr + cw)]
             with m.Else():
                 m.d.sync += [w_s.eq(0), w_p.eq(w_p + 1), w_n.eq(w_n - L),
+                             lane_en.eq(lanes_of(w_n - L)),
+                             last_row.eq(_eq(w_p + 1, P - 1) | (w_n <= 2 * L)),
                              dw_addr.eq(Mux(wm.cmem, dw_addr + cw, dw_addr + L))]
                 with m.If(last_row):
                     m.d.sync += [w_busy.eq(0), w_blk.eq(w_blk + 1)]

@@ -19,7 +19,10 @@ counted as ``hw.synth`` does), ``critical_path``, ``utilization`` (nextpnr), the
 parameters and ``seconds``. The last line printed is the path of ``report.json``. Bad
 arguments end with one ``error: …`` line and exit status 2; a failed tool run with one line
 naming its log and exit status 1; a clock that is not met (nextpnr runs with
-``--timing-allow-fail``) writes the report and ends with exit status 1.
+``--timing-allow-fail``) writes the report and ends with exit status 1. ``--timeout S``
+(default 7 200 s, 0: none) stops the tools; when nextpnr had finished and only the bitstream
+packer was cut off, ``report.json`` is still written (``bitstream`` null, ``complete``
+false) and the error line names it.
 """
 import argparse
 import dataclasses
@@ -27,6 +30,7 @@ import importlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -85,6 +89,10 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+#: Default limit of one build's tool run, seconds (``--timeout``).
+DEFAULT_TIMEOUT_S = 7200
+
+
 def _parser():
     p = _Parser(prog="python -m hw.build",
                 description="Build the board top (accelerator + UART host link, docs/board.md) "
@@ -114,6 +122,9 @@ def _parser():
                    help="place and route for F MHz instead of the system clock (fmax_mhz then "
                         "shows what the design reaches; the clock stays the same)")
     p.add_argument("--out-dir", metavar="DIR", help="build folder (default build/board/BOARD_pP_lL)")
+    p.add_argument("--timeout", metavar="S", default=str(DEFAULT_TIMEOUT_S),
+                   help=f"stop the tools after S seconds (default {DEFAULT_TIMEOUT_S}; 0: no limit); "
+                        "if nextpnr had finished, report.json is written without a bitstream")
     return p
 
 
@@ -196,7 +207,7 @@ def _raise_clock_constraint(work, family, target_mhz):
 
 
 def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, seed=1, target_mhz=None,
-          clock_mhz=None, router="router1", out_dir=None, timeout_s=7200):
+          clock_mhz=None, router="router1", out_dir=None, timeout_s=DEFAULT_TIMEOUT_S):
     """Build ``board`` (a key of :data:`BOARDS`) with Accelerator ``params`` (board defaults
     for missing keys); return the report dict (also written to ``report.json``).
 
@@ -209,12 +220,17 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
     chip's. ``clock_mhz``: the system clock from the ECP5 PLL (``hw.pll.ecp5_pll``; ValueError
     when the PLL cannot make it); the UART divisor and the SDRAM timing follow it.
     nextpnr runs with ``--timing-allow-fail``: ``report["timing_met"]`` says whether the
-    system clock's Fmax reached ``clock_mhz``."""
+    system clock's Fmax reached ``clock_mhz``. ``timeout_s`` (None or 0: no limit) stops
+    the tool run (the whole process group); if nextpnr had finished by then, the report is
+    written without a bitstream (``complete`` false) before :class:`BuildError` is raised."""
     from .board import BoardPins, BoardTop
 
     if board not in BOARDS:
         raise ValueError(f"--board must be one of {', '.join(sorted(BOARDS))}; not {board!r}")
     spec = BOARDS[board]
+    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, int)
+                                  or timeout_s < 0):
+        raise ValueError(f"--timeout must be a whole number of seconds ≥ 0, not {timeout_s!r}")
     full = {**spec.params, **(params or {})}
     check_params(**full)
     platform = _platform(board)
@@ -268,42 +284,84 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
     if raise_clock:
         _raise_clock_constraint(work, spec.family, target_mhz * fin_hz / clk_hz)
     log = work / "build.log"
-    with open(log, "w") as out:
-        try:
-            res = subprocess.run(["sh", f"{plan.script}.sh"], cwd=work, env=_tool_env(), stdout=out,
-                                 stderr=subprocess.STDOUT, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise BuildError(f"build timed out after {timeout_s} s; see {log}", log) from None
-    if res.returncode != 0:
+    # what the report says besides the tools' figures
+    info = {
+        "board": board,
+        "device": f"{platform.device}-{platform.package}",
+        "clock_mhz": clk_hz / 1e6,
+        "pll": None if pll is None else {"clki_div": pll.clki_div, "clkfb_div": pll.clkfb_div,
+                                         "clkop_div": pll.clkop_div,
+                                         "vco_mhz": float(pll.fvco) / 1e6},
+        "params": {**full, "delta": full.get("delta", True), "mem_depth": mem_depth, "memory": memory,
+                   "baud": baud, "clk_hz": clk_hz, "clock_mhz": clock_mhz, "seed": seed,
+                   "target_mhz": target_mhz, "router": router},
+    }
+    want_mhz = target_mhz if raise_clock else clk_hz / 1e6
+    returncode = _run_script(["sh", f"{plan.script}.sh"], work, log, timeout_s or None)
+    if returncode is None:           # timed out
+        if (work / "nextpnr_report.json").exists() and (work / "stat.json").exists():
+            result = _write_report(work, spec.family, info, want_mhz, t0, complete=False)
+            raise BuildError(f"build timed out after {timeout_s} s while packing the bitstream "
+                             f"(nextpnr had finished: Fmax {result['fmax_mhz']:.1f} MHz); "
+                             f"{work / 'report.json'} written without a bitstream", log)
+        raise BuildError(f"build timed out after {timeout_s} s; see {log}", log)
+    if returncode != 0:
         over = _overused(work / "top.tim")
         if over:
             raise BuildError(f"the design does not fit the {platform.device}: {', '.join(over)} "
                              f"(used/available); see {work / 'top.tim'}", work / "top.tim")
         tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
-        raise BuildError(f"build failed (exit {res.returncode}): {tail[0] if tail else ''} — see {log}",
+        raise BuildError(f"build failed (exit {returncode}): {tail[0] if tail else ''} — see {log}",
                          log)
+    return _write_report(work, spec.family, info, want_mhz, t0)
 
-    fam = FAMILIES[spec.family]
+
+def _run_script(cmd, work, log, timeout_s):
+    """Run the build script with its output in ``log``; its exit status, or None when
+    ``timeout_s`` passed (the script and every tool it started are killed: they run in a
+    process group of their own)."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=work, env=_tool_env(), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            return None
+        except BaseException:        # Ctrl-C: do not leave nextpnr running
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            raise
+
+
+def _write_report(work, family, info, want_mhz, t0, *, complete=True):
+    """Parse the tools' outputs in ``work`` into ``report.json`` (with the fields of
+    ``info``; the system clock is the one constrained closest to ``want_mhz``); return the
+    report. ``complete`` False: the bitstream packer did not finish."""
+    fam = FAMILIES[family]
     stat = json.loads((work / "stat.json").read_text())
     key = next(k for k in stat["modules"] if k.lstrip("\\") == "top")
     cells = dict(stat["modules"][key].get("num_cells_by_type", {}))
     report = json.loads((work / "nextpnr_report.json").read_text())
-    want = target_mhz if raise_clock else clk_hz / 1e6
-    clk, fmax, target = _fmax(report, want)
+    clk, fmax, target = _fmax(report, want_mhz)
     paths = [p for p in report.get("critical_paths", []) if clk and p.get("from", "").endswith(clk)]
     if fmax is None:
         raise BuildError(f"nextpnr reported no clock; see {work / 'top.tim'}", work / "top.tim")
-    bit = work / ("top.bit" if spec.family == "ecp5" else "top.bin")
+    bit = work / ("top.bit" if family == "ecp5" else "top.bin")
     result = {
-        "board": board,
-        "device": f"{platform.device}-{platform.package}",
+        "board": info["board"],
+        "device": info["device"],
         "fmax_mhz": fmax,
         "clock": clk,
-        "clock_mhz": clk_hz / 1e6,
-        "timing_met": fmax >= clk_hz / 1e6,
-        "pll": None if pll is None else {"clki_div": pll.clki_div, "clkfb_div": pll.clkfb_div,
-                                         "clkop_div": pll.clkop_div,
-                                         "vco_mhz": float(pll.fvco) / 1e6},
+        "clock_mhz": info["clock_mhz"],
+        "timing_met": fmax >= info["clock_mhz"],
+        "pll": info["pll"],
         "target_mhz": target,
         "luts": _count(cells, fam["luts"]),
         "ffs": _count(cells, fam["ffs"]),
@@ -312,10 +370,9 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
         "critical_path": critical_path_summary(paths[0]) if paths else "no clocked path",
         "utilization": {k: v["used"] for k, v in report.get("utilization", {}).items() if v.get("used")},
         "cells": cells,
-        "params": {**full, "delta": full.get("delta", True), "mem_depth": mem_depth, "memory": memory,
-                   "baud": baud, "clk_hz": clk_hz, "clock_mhz": clock_mhz, "seed": seed,
-                   "target_mhz": target_mhz, "router": router},
-        "bitstream": str(bit) if bit.exists() else None,
+        "params": info["params"],
+        "bitstream": str(bit) if complete and bit.exists() else None,
+        "complete": complete,
         "seconds": round(time.monotonic() - t0, 1),
         "dir": str(work),
     }
@@ -364,9 +421,12 @@ def main(argv=None):
             uart_divisor(clk, baud)
         except ValueError as e:
             raise ValueError(f"--baud {baud} at {clk / 1e6:g} MHz: {e}") from None
+        timeout = _int("--timeout", args.timeout)
+        if timeout < 0:
+            raise ValueError(f"--timeout must be ≥ 0 seconds (0: no limit), not {timeout}")
         result = build(args.board, params=params, mem_depth=mem_depth, memory=args.memory,
-                       baud=baud, seed=seed, clock_mhz=clock,
-                       target_mhz=target, router=args.router, out_dir=args.out_dir)
+                       baud=baud, seed=seed, clock_mhz=clock, target_mhz=target,
+                       router=args.router, out_dir=args.out_dir, timeout_s=timeout)
     except (ValueError, TypeError) as e:
         msg = str(e)
         for name in ("pes", "lanes", "baud", *DEPTH_LIMITS):   # name the option as typed

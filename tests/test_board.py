@@ -8,8 +8,10 @@ argument errors, and (slow) real FPGA builds.
 Simulated clock 4 MHz with 1 Mbaud: 4 cycles per bit, 40 per byte.
 """
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +227,8 @@ def test_sdram_board_through_uart():
     (["--board", "icebreaker", "--memory", "sdram"], "the icebreaker has no SDRAM"),
     (["--board", "ulx3s-85f", "--memory", "sdram", "--mem-depth", "4096"], "does not apply"),
     (["--board", "ulx3s-85f", "--memory", "flash"], "argument --memory: invalid choice"),
+    (["--board", "ulx3s-85f", "--timeout", "-5"], "--timeout must be ≥ 0 seconds"),
+    (["--board", "ulx3s-85f", "--timeout", "1h"], "--timeout must be an integer, not '1h'"),
 ])
 def test_build_bad_arguments_exit_2(args, message, capsys):
     from hw.build import main
@@ -237,6 +241,47 @@ def test_build_bad_arguments_exit_2(args, message, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert out == ""
+
+
+def test_build_timeout_kills_the_tools(tmp_path):
+    # The build script's tools run in their own process group: a timeout stops them all.
+    from hw.build import _run_script
+    pid_file = tmp_path / "child.pid"
+    t0 = time.monotonic()
+    code = _run_script(["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], tmp_path,
+                       tmp_path / "build.log", 1)
+    assert code is None and time.monotonic() - t0 < 30
+    pid = int(pid_file.read_text())
+    for _ in range(100):                     # gone, or a zombie nobody reaps (containers)
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                break
+        except OSError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the build script's child {pid} survived the timeout")
+    assert _run_script(["sh", "-c", "exit 3"], tmp_path, tmp_path / "build.log", 10) == 3
+
+
+def test_build_partial_report(tmp_path):
+    # nextpnr finished, the packer was cut off: the report is written, without a bitstream.
+    from hw.build import _write_report
+    (tmp_path / "stat.json").write_text(json.dumps({"modules": {"\\top": {"num_cells_by_type": {
+        "LUT4": 100, "CCU2C": 10, "TRELLIS_DPR16X4": 2, "TRELLIS_FF": 50, "MULT18X18D": 3,
+        "DP16KD": 4}}}}))
+    (tmp_path / "nextpnr_report.json").write_text(json.dumps({
+        "fmax": {"$glbnet$clk": {"achieved": 58.04, "constraint": 25.0}},
+        "utilization": {"TRELLIS_COMB": {"used": 130, "available": 167280}}}))
+    (tmp_path / "top.bit").write_bytes(b"stale")
+    info = {"board": "ulx3s-85f", "device": "LFE5U-85F-CABGA381", "clock_mhz": 25.0, "pll": None,
+            "params": {"pes": 1}}
+    r = _write_report(tmp_path, "ecp5", info, 25.0, time.monotonic(), complete=False)
+    assert json.loads((tmp_path / "report.json").read_text()) == r
+    assert r["complete"] is False and r["bitstream"] is None
+    assert (r["fmax_mhz"], r["timing_met"], r["luts"], r["ffs"], r["dsps"], r["brams"]) == \
+        (58.04, True, 100 + 20 + 8, 50, 3, 4)
+    assert r["critical_path"] == "no clocked path"
 
 
 # ------------------------------------------------------------------ real builds (slow)
