@@ -33,6 +33,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -319,25 +320,34 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
 def _run_script(cmd, work, log, timeout_s):
     """Run the build script with its output in ``log``; its exit status, or None when
     ``timeout_s`` passed (the script and every tool it started are killed: they run in a
-    process group of their own)."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=work, env=_tool_env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    process group of their own; so they are on Ctrl-C and SIGTERM)."""
+    def kill():
         try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    def term(signum, frame):         # `kill` of this process: stop the tools as well
+        raise SystemExit(128 + signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, term) if main else None
+    try:
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, cwd=work, env=_tool_env(), stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-            return None
-        except BaseException:        # Ctrl-C: do not leave nextpnr running
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            raise
+                return proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                kill()
+                return None
+            except BaseException:    # Ctrl-C, SIGTERM: do not leave nextpnr running
+                kill()
+                raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, old)
 
 
 def _write_report(work, family, info, want_mhz, t0, *, complete=True):

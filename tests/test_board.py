@@ -251,17 +251,36 @@ def test_build_timeout_kills_the_tools(tmp_path):
     code = _run_script(["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], tmp_path,
                        tmp_path / "build.log", 1)
     assert code is None and time.monotonic() - t0 < 30
-    pid = int(pid_file.read_text())
-    for _ in range(100):                     # gone, or a zombie nobody reaps (containers)
+    assert _gone(int(pid_file.read_text())), "the build script's child survived the timeout"
+    assert _run_script(["sh", "-c", "exit 3"], tmp_path, tmp_path / "build.log", 10) == 3
+
+
+def _gone(pid, seconds=5):
+    """The process ``pid`` has ended (or is a zombie nobody reaps, as in containers)."""
+    for _ in range(int(seconds / 0.05)):
         try:
             if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
-                break
+                return True
         except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_build_sigterm_kills_the_tools(tmp_path):
+    # `kill` of a running `python -m hw.build` must not leave nextpnr running on its own.
+    pid_file = tmp_path / "child.pid"
+    code = ("import sys; from pathlib import Path; from hw.build import _run_script; "
+            f"_run_script(['sh', '-c', 'sleep 60 & echo $! > {pid_file}; wait'], Path(r'{tmp_path}'), "
+            f"Path(r'{tmp_path}') / 'build.log', None)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    for _ in range(400):
+        if pid_file.exists() and pid_file.read_text().strip():
             break
         time.sleep(0.05)
-    else:
-        pytest.fail(f"the build script's child {pid} survived the timeout")
-    assert _run_script(["sh", "-c", "exit 3"], tmp_path, tmp_path / "build.log", 10) == 3
+    proc.terminate()
+    assert proc.wait(timeout=30) == 128 + 15
+    assert _gone(int(pid_file.read_text())), "the build script's child survived SIGTERM"
 
 
 def test_build_partial_report(tmp_path):
