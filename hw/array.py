@@ -1136,9 +1136,10 @@ class PEArray(wiring.Component):
             with m.If(wm.cmem & ~step_end):
                 m.d.sync += [w_s.eq(w_s + 1), dw_addr.eq(dw_addr + cw)]
             with m.Else():
-                m.d.sync += [w_s.eq(0), w_p.eq(w_p + 1), w_n.eq(w_n - L),
-                             lane_en.eq(lanes_of(w_n - L)),
-                             last_row.eq(_eq(w_p + 1, P - 1) | (w_n <= 2 * L)),
+                n_next = w_n - L
+                m.d.sync += [w_s.eq(0), w_p.eq(w_p + 1), w_n.eq(n_next),
+                             lane_en.eq(lanes_of(n_next)),
+                             last_row.eq(_eq(w_p + 1, P - 1) | (n_next <= L)),
                              dw_addr.eq(Mux(wm.cmem, dw_addr + cw, dw_addr + L))]
                 with m.If(last_row):
                     m.d.sync += [w_busy.eq(0), w_blk.eq(w_blk + 1)]

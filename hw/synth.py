@@ -34,8 +34,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -159,13 +161,49 @@ class SerialWrapper(wiring.Component):
         return m
 
 
+def run_tool(cmd, cwd, env, log, timeout_s=None):
+    """Run ``cmd`` in ``cwd`` with stdout and stderr to the file ``log``; return its exit
+    status, or None when ``timeout_s`` (None: no limit) passed. The command and everything it
+    starts (a build script's tools) run in a process group of their own, killed as a whole on
+    the timeout, on Ctrl-C and on SIGTERM of this process, so that no nextpnr is left running."""
+    def kill():
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+    def term(signum, frame):
+        raise SystemExit(128 + signum)
+
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, term) if main else None
+    try:
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            try:
+                return proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                kill()
+                return None
+            except BaseException:
+                kill()
+                raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, old)
+
+
 def _run(cmd, cwd, env, out, timeout_s, log=None):
     """Run ``cmd`` in ``cwd`` with stdout and stderr to ``out``; on failure raise :class:`ToolError`
-    quoting the tail of ``log`` (the tool's own log file) or of ``out``."""
-    with open(cwd / out, "w") as f:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s)
-    if proc.returncode != 0:
-        raise ToolError(Path(cmd[0]).name, proc.returncode, cwd / (log or out))
+    quoting the tail of ``log`` (the tool's own log file) or of ``out``, on the timeout
+    :class:`subprocess.TimeoutExpired`."""
+    code = run_tool(cmd, cwd, env, cwd / out, timeout_s)
+    if code is None:
+        raise subprocess.TimeoutExpired(cmd, timeout_s)
+    if code != 0:
+        raise ToolError(Path(cmd[0]).name, code, cwd / (log or out))
 
 
 class ToolError(RuntimeError):

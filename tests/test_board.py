@@ -227,7 +227,7 @@ def test_sdram_board_through_uart():
     (["--board", "icebreaker", "--memory", "sdram"], "the icebreaker has no SDRAM"),
     (["--board", "ulx3s-85f", "--memory", "sdram", "--mem-depth", "4096"], "does not apply"),
     (["--board", "ulx3s-85f", "--memory", "flash"], "argument --memory: invalid choice"),
-    (["--board", "ulx3s-85f", "--timeout", "-5"], "--timeout must be ≥ 0 seconds"),
+    (["--board", "ulx3s-85f", "--timeout", "-5"], "--timeout must be a whole number of seconds ≥ 0 (0: no limit), not -5"),
     (["--board", "ulx3s-85f", "--timeout", "1h"], "--timeout must be an integer, not '1h'"),
 ])
 def test_build_bad_arguments_exit_2(args, message, capsys):
@@ -245,14 +245,14 @@ def test_build_bad_arguments_exit_2(args, message, capsys):
 
 def test_build_timeout_kills_the_tools(tmp_path):
     # The build script's tools run in their own process group: a timeout stops them all.
-    from hw.build import _run_script
+    from hw.synth import run_tool
     pid_file = tmp_path / "child.pid"
     t0 = time.monotonic()
-    code = _run_script(["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], tmp_path,
-                       tmp_path / "build.log", 1)
+    code = run_tool(["sh", "-c", f"sleep 60 & echo $! > {pid_file}; wait"], tmp_path, None,
+                    tmp_path / "build.log", 1)
     assert code is None and time.monotonic() - t0 < 30
     assert _gone(int(pid_file.read_text())), "the build script's child survived the timeout"
-    assert _run_script(["sh", "-c", "exit 3"], tmp_path, tmp_path / "build.log", 10) == 3
+    assert run_tool(["sh", "-c", "exit 3"], tmp_path, None, tmp_path / "build.log", 10) == 3
 
 
 def _gone(pid, seconds=5):
@@ -270,9 +270,9 @@ def _gone(pid, seconds=5):
 def test_build_sigterm_kills_the_tools(tmp_path):
     # `kill` of a running `python -m hw.build` must not leave nextpnr running on its own.
     pid_file = tmp_path / "child.pid"
-    code = ("import sys; from pathlib import Path; from hw.build import _run_script; "
-            f"_run_script(['sh', '-c', 'sleep 60 & echo $! > {pid_file}; wait'], Path(r'{tmp_path}'), "
-            f"Path(r'{tmp_path}') / 'build.log', None)")
+    code = ("from hw.synth import run_tool; "
+            f"run_tool(['sh', '-c', 'sleep 60 & echo $! > {pid_file}; wait'], r'{tmp_path}', None, "
+            f"r'{tmp_path}/build.log')")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
     for _ in range(400):
         if pid_file.exists() and pid_file.read_text().strip():
