@@ -104,6 +104,16 @@ def _eq(sig, value):
     return is_zero(sig) if value == 0 else sig == value
 
 
+def at_most_one(v):
+    """No more than one bit of ``v`` set, from a tree of (any, several) pairs: no carry chain,
+    unlike ``(v & (v − 1)) == 0``."""
+    nodes = [(v[i], Const(0, 1)) for i in range(len(v))]
+    while len(nodes) > 1:
+        pairs = [(a | b, s | t | (a & b)) for (a, s), (b, t) in zip(nodes[::2], nodes[1::2])]
+        nodes = pairs + nodes[len(pairs) * 2:]
+    return ~nodes[0][1]
+
+
 def _check_pow2(name, value, lo, hi):
     check_int(name, value, lo=lo, hi=hi)
     if value & (value - 1):
@@ -988,6 +998,12 @@ class PEArray(wiring.Component):
         # word step (decoding it from ew, a shift and a subtract, was the ULX3S critical path
         # after the scan's: ew → d_last → d_issue → nonempty, docs/board.md).
         more = Signal(NW)
+        # "No bit of emask set", "at most one set" and "at most one word in more": registers
+        # beside emask and more, so that d_last is an AND-OR of flip-flops (decoding it from
+        # emask through the `emask − 1` carry chain was the ULX3S critical path after 69a96a4:
+        # emask → d_last → d_issue → the ring write, docs/board.md).
+        e_zero, e_one, m_zero = Signal(), Signal(), Signal()
+        dsingle = [at_most_one(dmask[w]) for w in range(NW)]
         dbuf_r = dbuf.read_port(domain="comb")
         cur_d = dbuf_r.data
         m.d.comb += dbuf_r.addr.eq(ew)
@@ -995,11 +1011,11 @@ class PEArray(wiring.Component):
         rest = emask & (emask - 1)
         w_next = ffs(more, NW)
         k_now = Cat(i_sel, ew)
-        zero_tok = is_zero(emask)
+        zero_tok = e_zero
         dno_credit = is_zero(dcredits)
         in_emit = dactive & (dstate == EMIT)
         m.d.comb += [
-            d_last.eq(zero_tok | (is_zero(rest) & is_zero(more))),
+            d_last.eq(e_zero | (e_one & m_zero)),
             d_hold.eq(in_emit & d_last & (~ge_l | dno_credit)),
             d_issue.eq(in_emit & ~d_hold),
             d_first.eq(tok_first & first_tok),
@@ -1038,16 +1054,19 @@ class PEArray(wiring.Component):
                 m.d.sync += dstate.eq(EMIT0)
         with m.Elif(dstate == EMIT0):
             m.d.sync += [dstate.eq(EMIT), ew.eq(w0), emask.eq(pick(dmask, w0)),
-                         more.eq(nonempty & (nonempty - 1))]
+                         more.eq(nonempty & (nonempty - 1)),
+                         e_zero.eq(is_zero(nonempty)), e_one.eq(pick(dsingle, w0)),
+                         m_zero.eq(at_most_one(nonempty))]
         with m.Else():   # EMIT
             with m.If(d_issue):
                 m.d.sync += tok_first.eq(0)
                 with m.If(~d_last):
-                    with m.If(rest.any()):
-                        m.d.sync += emask.eq(rest)
+                    with m.If(~e_one):
+                        m.d.sync += [emask.eq(rest), e_one.eq(at_most_one(rest))]
                     with m.Else():
                         m.d.sync += [ew.eq(w_next), emask.eq(pick(dmask, w_next)),
-                                     more.eq(more & (more - 1))]
+                                     more.eq(more & (more - 1)), e_one.eq(pick(dsingle, w_next)),
+                                     m_zero.eq(at_most_one(more))]
                 with m.Else():
                     m.d.sync += [ring_w.eq(~ring_w), d_alloc.eq(d_alloc + 1)]
                     for k in range(2):
