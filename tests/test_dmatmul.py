@@ -336,3 +336,32 @@ def test_dmatmul_threshold_boundary_int9(theta):
     assert (d == theta).any() and (d > theta).any() and d.max() == 510   # the edges occur
     want = requant(matmul(xhat, W, bias[None, :]), m, sh, *INT9)
     np.testing.assert_array_equal(c_from_words(r["mem"], M, T, L, o)[:, :N], want)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8, 16])
+def test_at_most_one(n):
+    """The emit sequencer's "at most one bit set" tree (hw.array.at_most_one), exhaustive up to
+    8 bits, every value with ≤ 3 bits set and a random sample at 16."""
+    from amaranth.hdl import Module, Signal
+    from amaranth.sim import Simulator
+
+    from hw.array import at_most_one
+    v, o = Signal(n), Signal()
+    m = Module()
+    m.d.comb += o.eq(at_most_one(v))
+    if n <= 8:
+        values = range(1 << n)
+    else:
+        rng = np.random.default_rng(7)
+        few = {sum(1 << b for b in bits) for bits in
+               ([], *([i] for i in range(n)), *([i, j] for i in range(n) for j in range(i)),
+                *([i, j, k] for i in range(n) for j in range(i) for k in range(j)))}
+        values = sorted(few | set(int(x) for x in rng.integers(0, 1 << n, 500)) | {(1 << n) - 1})
+    sim = Simulator(m)
+
+    async def bench(ctx):
+        for x in values:
+            ctx.set(v, x)
+            assert ctx.get(o) == (bin(x).count("1") <= 1), x
+    sim.add_testbench(bench)
+    sim.run()
