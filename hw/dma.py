@@ -184,16 +184,21 @@ class Dma(wiring.Component):
             m.d.comb += total.eq(d.count)
         with m.If(setup):
             m.d.sync += [gen_addr.eq(d.ext_addr), words_per_row.eq(wpr)]
+        # gen_left ≠ 0 as a register beside it: the 33-bit zero test sat in front of the
+        # request's valid, the arbiter and the ext-memory block RAM (the ULX3S P = 1 critical
+        # path at c7ea235, docs/board.md).
+        gen_any = Signal()
         with m.If(setup3):
-            m.d.sync += [gen_left.eq(total), expect.eq(total)]
+            m.d.sync += [gen_left.eq(total), gen_any.eq(total.any()), expect.eq(total)]
         in_setup = setup | setup2 | setup3
 
         cmdp = self.mem.cmd.payload
-        gen_go = running & ~in_setup & ~is_store & gen_left.any()
+        gen_go = running & ~in_setup & ~is_store & gen_any
         with m.If(gen_go):
             m.d.comb += [self.mem.cmd.valid.eq(1), cmdp.addr.eq(gen_addr), cmdp.we.eq(0)]
             with m.If(self.mem.cmd.ready):
-                m.d.sync += [gen_addr.eq(gen_addr + 1), gen_left.eq(gen_left - 1)]
+                m.d.sync += [gen_addr.eq(gen_addr + 1), gen_left.eq(gen_left - 1),
+                             gen_any.eq(gen_left != 1)]
 
         # ------------------------------------------------ loads: response consumer
         r_valid = Signal()
@@ -441,7 +446,7 @@ class Dma(wiring.Component):
             m.d.comb += done.eq(~in_setup & ~st_wait & ~st_reading & ~inflight.any() &
                                 ~sfifo.r_rdy)
         with m.Else():
-            m.d.comb += done.eq(~in_setup & is_zero(gen_left) & is_zero(expect) &
+            m.d.comb += done.eq(~in_setup & ~gen_any & is_zero(expect) &
                                 ~r_valid & ~w_valid & ~c_valid)
         with m.If(running & done):
             m.d.sync += running.eq(0)
