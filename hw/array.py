@@ -1011,7 +1011,6 @@ class PEArray(wiring.Component):
         rest = emask & (emask - 1)
         w_next = ffs(more, NW)
         k_now = Cat(i_sel, ew)
-        zero_tok = e_zero
         dno_credit = is_zero(dcredits)
         in_emit = dactive & (dstate == EMIT)
         m.d.comb += [
@@ -1019,9 +1018,9 @@ class PEArray(wiring.Component):
             d_hold.eq(in_emit & d_last & (~ge_l | dno_credit)),
             d_issue.eq(in_emit & ~d_hold),
             d_first.eq(tok_first & first_tok),
-            d_val.eq(Mux(zero_tok, 0, select(cur_d, i_sel, 10).as_signed())),
+            d_val.eq(Mux(e_zero, 0, select(cur_d, i_sel, 10).as_signed())),
             d_addr.eq(Mux(dstate == SCAN, dxrow + (dcnt << lsh),
-                          dwbase + Mux(zero_tok, 0, k_now << lsh))),
+                          dwbase + Mux(e_zero, 0, k_now << lsh))),
             scan_rd.eq(dactive & (dstate == SCAN)),
             dfetch.eq(dactive & (dstate == FETCH)),
         ]
