@@ -155,8 +155,8 @@ class BlockRamMemory(wiring.Component):
     Ports
     -----
     bus : In(mem_signature(lanes))
-        Requests in (``cmd``), read responses out (``rsp``). A read is answered two cycles
-        after it was taken; one request per cycle while ``rsp`` is taken; a write stores the
+        Requests in (``cmd``), read responses out (``rsp``). A read is answered three cycles
+        after it was taken (the request is registered, then read); one request per cycle while ``rsp`` is taken; a write stores the
         bytes whose mask bit is 1 and is not answered.
 
     The block RAM (ECP5 DP16KD, iCE40 EBR) is read into a response FIFO of
@@ -210,58 +210,65 @@ class BlockRamMemory(wiring.Component):
         cmd, rsp = self.bus.cmd, self.bus.rsp
         m.submodules.rsp_fifo = q = fifo.SyncFIFO(width=8 * self._lanes, depth=self.RSP_DEPTH)
         # Credits: a read is taken only if its answer will find room in the FIFO, counting the
-        # one still on the RAM output. cmd.ready comes from registers only, so no path runs
+        # ones in the request register and on the RAM output. cmd.ready comes from registers only, so no path runs
         # from an initiator's rsp.ready through the arbiter to the RAM's enables.
-        pend = Signal()                   # a read taken last cycle: its data is on the RAM output
+        # The request taken is registered before it reaches the RAM: the arbiter's grant and
+        # payload multiplexers then end in flip-flops, not at the block RAM's pins (the ULX3S
+        # P = 1 critical path, docs/board.md). It costs one cycle of read latency.
+        req = Signal.like(cmd.payload)
+        req_go = Signal()                 # req holds a request taken last cycle
+        req_rd = Signal()                 # … and it is a read
+        pend = Signal()                   # a read issued to the RAM last cycle: its data is on the RAM output
         credit = Signal()
-        m.d.comb += credit.eq(q.level + pend < self.RSP_DEPTH)
+        m.d.comb += credit.eq(q.level + pend + req_rd < self.RSP_DEPTH)
         take = cmd.valid & credit
-        m.d.sync += pend.eq(take & ~cmd.payload.we)
+        m.d.sync += [req_go.eq(take), req_rd.eq(take & ~cmd.payload.we), pend.eq(req_rd)]
+        with m.If(take):
+            m.d.sync += req.eq(cmd.payload)
         m.d.comb += [
             cmd.ready.eq(credit),
             q.w_en.eq(pend),
             rsp.valid.eq(q.r_rdy), rsp.payload.data.eq(q.r_data), q.r_en.eq(rsp.ready),
         ]
         if self.uses_spram(platform):
-            m.d.comb += q.w_data.eq(self._spram(m, take))
+            m.d.comb += q.w_data.eq(self._spram(m, req, req_go))
             return m
         m.submodules.mem = mem = self.mem
         abits = _log2(self._depth)
         wr = mem.write_port(granularity=8)
         rd = mem.read_port(transparent_for=())
         m.d.comb += [
-            rd.addr.eq(cmd.payload.addr[:abits]),
-            rd.en.eq(take & ~cmd.payload.we),
-            wr.addr.eq(cmd.payload.addr[:abits]),
-            wr.data.eq(cmd.payload.data),
-            wr.en.eq(Mux(take & cmd.payload.we, cmd.payload.mask, 0)),
+            rd.addr.eq(req.addr[:abits]),
+            rd.en.eq(req_rd),
+            wr.addr.eq(req.addr[:abits]),
+            wr.data.eq(req.data),
+            wr.en.eq(Mux(req_go & req.we, req.mask, 0)),
             q.w_data.eq(rd.data),
         ]
         return m
 
-    def _spram(self, m, take):
-        """SB_SPRAM256KA instances serving the requests taken (``take``); returns the read
-        data, valid the cycle after a read was taken."""
+    def _spram(self, m, req, go):
+        """SB_SPRAM256KA instances serving the registered request ``req`` (when ``go``);
+        returns the read data, valid the cycle after."""
         L = self._lanes
-        cmd = self.bus.cmd
         wide = L // 2                                     # 16-bit SPRAMs per word
         banks = max(1, self._depth // SPRAM_WORDS)
         bank_bits = _log2(banks)
-        bank = cmd.payload.addr[14:14 + bank_bits] if bank_bits else 0
+        bank = req.addr[14:14 + bank_bits] if bank_bits else 0
         outs = []
         for b in range(banks):
             dout = Signal(8 * L, name=f"dout{b}")
             outs.append(dout)
             for j in range(wide):
-                mask = cmd.payload.mask
+                mask = req.mask
                 m.submodules[f"spram{b}_{j}"] = Instance(
                     "SB_SPRAM256KA",
-                    i_ADDRESS=cmd.payload.addr[:14],
-                    i_DATAIN=cmd.payload.data[16 * j:16 * j + 16],
+                    i_ADDRESS=req.addr[:14],
+                    i_DATAIN=req.data[16 * j:16 * j + 16],
                     # MASKWREN bit k enables DATAIN[4k+3:4k]: two bits per byte.
                     i_MASKWREN=Cat(mask[2 * j], mask[2 * j], mask[2 * j + 1], mask[2 * j + 1]),
-                    i_WREN=cmd.payload.we,
-                    i_CHIPSELECT=take & (bank == b if bank_bits else 1),
+                    i_WREN=req.we,
+                    i_CHIPSELECT=go & (bank == b if bank_bits else 1),
                     i_CLOCK=ClockSignal("sync"),
                     i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,       # POWEROFF is active low
                     o_DATAOUT=dout[16 * j:16 * j + 16],
@@ -269,6 +276,6 @@ class BlockRamMemory(wiring.Component):
         if banks == 1:
             return outs[0]
         rd_bank = Signal(bank_bits)
-        with m.If(take & ~cmd.payload.we):
+        with m.If(go & ~req.we):
             m.d.sync += rd_bank.eq(bank)
         return Array(outs)[rd_bank]
