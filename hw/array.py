@@ -1134,8 +1134,12 @@ class PEArray(wiring.Component):
                 m.d.sync += [w_busy.eq(1), wm.eq(bm), w_p.eq(0), w_s.eq(0), w_n.eq(bm.dn),
                              dw_addr.eq(bm.drow), lane_en.eq(lanes_of(bm.dn)),
                              last_row.eq(Const(P == 1, 1) | (bm.dn <= L))]
-        rows_b = [pick((cblk[b][p] for b in range(NB)), w_blk) for p in range(P)]
-        row = pick(rows_b, w_p[:qbits] if P > 1 else 0)
+        # The writer always writes row 0, group 0 of its block: each step shifts the block
+        # (a group within row 0 for CMEM, whole rows at a row's end), so the write data is a
+        # register behind one block multiplexer. Selecting row w_p and group w_s instead fed
+        # the PE row and group multiplexers into the CMEM write data: the P = 2 ULX3S critical
+        # path (docs/board.md). The collector never writes a block the writer holds.
+        row = pick((cblk[b][0] for b in range(NB)), w_blk)
         step_end = Signal()
         m.d.comb += [
             dw_q.eq(wm.dq),
@@ -1144,17 +1148,23 @@ class PEArray(wiring.Component):
             dw_adata.eq(Cat(*(row[16 * l:16 * l + 9] for l in range(L)))),
             step_end.eq(~wm.cmem | (w_s == 3)),
         ]
-        # CMEM: group w_s of L/4 results, sign-extended to int32.
-        grp = select(row, w_s, 4 * L)
+        # CMEM: the low group of L/4 results, sign-extended to int32.
+        grp = row[:4 * L]
         m.d.comb += dw_cdata.eq(Cat(*(Cat(grp[16 * s:16 * s + 16],
                                           Mux(grp[16 * s + 15], 0xFFFF, 0)[:16])
                                       for s in range(cw))))
-        m.d.comb += dw_en.eq(Mux(wm.cmem, (lane_en >> (w_s * cw))[:cw], lane_en))
+        m.d.comb += dw_en.eq(Mux(wm.cmem, lane_en[:cw], lane_en))
         with m.If(w_busy):
             with m.If(wm.cmem & ~step_end):
-                m.d.sync += [w_s.eq(w_s + 1), dw_addr.eq(dw_addr + cw)]
+                m.d.sync += [w_s.eq(w_s + 1), dw_addr.eq(dw_addr + cw), lane_en.eq(lane_en >> cw)]
+                for b in range(NB):
+                    with m.If(_eq(w_blk, b)):
+                        m.d.sync += cblk[b][0].eq(cblk[b][0] >> (4 * L))
             with m.Else():
                 n_next = w_n - L
+                for b in range(NB):
+                    with m.If(_eq(w_blk, b)):
+                        m.d.sync += [cblk[b][p].eq(cblk[b][p + 1]) for p in range(P - 1)]
                 m.d.sync += [w_s.eq(0), w_p.eq(w_p + 1), w_n.eq(n_next),
                              lane_en.eq(lanes_of(n_next)),
                              last_row.eq(_eq(w_p + 1, P - 1) | (n_next <= L)),
