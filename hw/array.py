@@ -839,19 +839,20 @@ class PEArray(wiring.Component):
         ]
         if not self._delta_on:     # its signals keep their reset values (0): pruned by synthesis
             return m
-        self._delta(m, pes=pes, desc=desc, dactive=dactive, d_issue=d_issue, d_hold=d_hold,
-                    d_last=d_last, d_first=d_first, d_addr=d_addr, d_val=d_val, ge_l=ge_l,
-                    ring=ring, ring_w=ring_w, tile_layout=tile_layout, outstanding=outstanding,
-                    dfetch=dfetch, dfc=dfc, dpb=dpb, prow2=prow2, meta=meta, my=my, load=load,
-                    ring_r=ring_r, dbias3=dbias3, dmul4=dmul4, dsh4=dsh4, dw_amem=dw_amem,
-                    dw_cmem=dw_cmem, dw_q=dw_q, dw_addr=dw_addr, dw_adata=dw_adata,
-                    dw_cdata=dw_cdata, dw_en=dw_en, dw_done=dw_done, dw_done_last=dw_done_last)
+        self._delta(m, platform, pes=pes, desc=desc, dactive=dactive, d_issue=d_issue,
+                    d_hold=d_hold, d_last=d_last, d_first=d_first, d_addr=d_addr, d_val=d_val,
+                    ge_l=ge_l, ring=ring, ring_w=ring_w, tile_layout=tile_layout,
+                    outstanding=outstanding, dfetch=dfetch, dfc=dfc, dpb=dpb, prow2=prow2,
+                    meta=meta, my=my, load=load, ring_r=ring_r, dbias3=dbias3, dmul4=dmul4,
+                    dsh4=dsh4, dw_amem=dw_amem, dw_cmem=dw_cmem, dw_q=dw_q, dw_addr=dw_addr,
+                    dw_adata=dw_adata, dw_cdata=dw_cdata, dw_en=dw_en, dw_done=dw_done,
+                    dw_done_last=dw_done_last)
         return m
 
-    def _delta(self, m, *, pes, desc, dactive, d_issue, d_hold, d_last, d_first, d_addr, d_val,
-               ge_l, ring, ring_w, tile_layout, outstanding, dfetch, dfc, dpb, prow2, meta, my,
-               load, ring_r, dbias3, dmul4, dsh4, dw_amem, dw_cmem, dw_q, dw_addr, dw_adata,
-               dw_cdata, dw_en, dw_done, dw_done_last):
+    def _delta(self, m, platform, *, pes, desc, dactive, d_issue, d_hold, d_last, d_first,
+               d_addr, d_val, ge_l, ring, ring_w, tile_layout, outstanding, dfetch, dfc, dpb,
+               prow2, meta, my, load, ring_r, dbias3, dmul4, dsh4, dw_amem, dw_cmem, dw_q, dw_addr,
+               dw_adata, dw_cdata, dw_en, dw_done, dw_done_last):
         """The column-partitioned delta mode (DMATMUL; docs/delta.md, docs/isa.md).
 
         For every column pass j < ⌈tiles/P⌉ (PE p computes tile j·P + p, whose W rows it holds
@@ -885,7 +886,9 @@ class PEArray(wiring.Component):
         # X̂ and Δ words in LUT RAM (one write and one read port each), not NW·19·L flip-flops
         # behind NW:1 multiplexers.  No reset is needed: token 0 of a pass writes every word.
         # Depth ≥ 2 because the word counters (cwd, ew) are at least one bit wide.
-        ram = {"ram_style": "distributed"}
+        # The iCE40 has no LUT RAM (the hint would stop yosys): there they are flip-flops.
+        ice40 = str(getattr(platform, "device", "")).startswith("iCE40")
+        ram = {} if ice40 else {"ram_style": "distributed"}
         m.submodules.delta_xhat = xhat = Memory(shape=9 * L, depth=max(2, NW), init=[],
                                                 attrs=ram)
         m.submodules.delta_dbuf = dbuf = Memory(shape=10 * L, depth=max(2, NW), init=[],
