@@ -338,16 +338,31 @@ class Builder:
         self.items.append(it)
         return it
 
-    def input_a(self, name, a, a_base, a_stride):
+    def input_a(self, name, a, a_base, a_stride, *, late=None):
+        """LOAD_A of ``a`` (row n to PE n mod P) from ext region ``name``; ``late`` =
+        ``(r, op)``: rows r… (r a multiple of P) are loaded right after operation ``op``."""
         a = _int_array(a, name, *INT8, ndim=2)
-        self.inputs.append(("A", name, a_words(a, self.L),
-                            dict(rows=a.shape[0], k=a.shape[1], a_base=a_base, a_stride=a_stride)))
+        self._input("A", name, a_words(a, self.L), a.shape[0], late,
+                    dict(k=a.shape[1], a_base=a_base, a_stride=a_stride), "a_base", a_stride)
 
-    def input_c(self, name, c, out_base, out_stride):
+    def input_c(self, name, c, out_base, out_stride, *, late=None):
+        """LOAD_C of ``c`` into CMEM; ``late`` as for :meth:`input_a`."""
         c = _int_array(c, name, *INT32, ndim=2)
-        self.inputs.append(("C", name, c_words(c, self.L),
-                            dict(rows=c.shape[0], tiles=_ceil(c.shape[1], self.L),
-                                 out_base=out_base, out_stride=out_stride)))
+        self._input("C", name, c_words(c, self.L), c.shape[0], late,
+                    dict(tiles=_ceil(c.shape[1], self.L), out_base=out_base,
+                         out_stride=out_stride), "out_base", out_stride)
+
+    def _input(self, kind, name, words, rows, late, kw, base, stride):
+        r, op = late if late is not None else (rows, None)
+        P = self.cfg.pes
+        if not (r == rows or 0 < r < rows and r % P == 0):
+            raise ValueError(f"{name}: late rows start at {r}, not a multiple of P in 1…{rows}")
+        per_row = len(words) // rows
+        self.inputs.append((kind, name, words, dict(kw, rows=r), 0, None))
+        if r < rows:
+            self.inputs.append((kind, name, None, dict(kw, rows=rows - r,
+                                                       **{base: kw[base] + r // P * stride}),
+                                r * per_row, op))
 
     def output(self, rows, n, out_base, out_stride):
         """STORE_C of ``rows`` × ``n`` CMEM values at the end; :meth:`CompiledJob.read` returns
@@ -465,8 +480,9 @@ class Builder:
         chunks = self._chunks()
         img = ImageBuilder(L)
         # ext layout: inputs, then every chunk in load order (items of a chunk contiguous)
-        for kind, name, words, _ in self.inputs:
-            img.place(name, words)
+        for kind, name, words, *_ in self.inputs:
+            if words is not None:
+                img.place(name, words)
         for n, c in enumerate(chunks):
             c.ext = img.place(f"{c.kind}{n}:" + ",".join(it.name for it in c.items),
                               np.concatenate([it.words for it in c.items])).addr
@@ -490,11 +506,14 @@ class Builder:
             getattr(asm, method)(**kw)
             hz.emit(asm.program.instrs[-1])
 
-        def load_fields(c):
+        def load_fields(c, first=0):
+            """The load of ``c``'s items from ``first`` on (B and P chunks load in parts)."""
+            off = sum(it.size for it in c.items[:first])
+            ext = c.ext + sum(len(it.words) for it in c.items[:first])
             if c.kind == "B":
-                return "load_b", dict(ext_addr=c.ext, count=c.size, b_base=c.base)
+                return "load_b", dict(ext_addr=ext, count=c.size - off, b_base=c.base + off)
             if c.kind == "P":
-                return "load_p", dict(ext_addr=c.ext, count=c.size, p_base=c.base)
+                return "load_p", dict(ext_addr=ext, count=c.size - off, p_base=c.base + off)
             if c.kind == "W":
                 return "load_a", dict(ext_addr=c.ext, rows=c.size // L * cfg.pes, k=L,
                                       a_base=c.base, a_stride=L)
@@ -513,17 +532,25 @@ class Builder:
                     return False
             return hz.free(span(c))
 
+        def load_inputs(at):
+            for kind, name, _, kw, off, op in self.inputs:
+                if op != at:
+                    continue
+                i = Assembler(cfg, check=False)
+                getattr(i, "load_a" if kind == "A" else "load_c")(ext_addr=0, **kw)
+                if not all(hz.free(a[:3]) for a in accesses(i.program.instrs[-1], cfg)):
+                    raise AssertionError(f"internal: the late rows of {name} overwrite "
+                                         f"data still in use")
+                emit("load_a" if kind == "A" else "load_c",
+                     ext_addr=img.regions[name].addr + off, **kw)
+
         mark(self.ops[0]["section"] if self.ops else self.section)
-        for kind, name, words, kw in self.inputs:
-            reg = img.regions[name]
-            if kind == "A":
-                emit("load_a", ext_addr=reg.addr, **kw)
-            else:
-                emit("load_c", ext_addr=reg.addr, **kw)
+        load_inputs(None)
         nxt = 0
         for idx, op in enumerate(self.ops):
             mark(op["section"])
             needed_chunks = [it.chunk for it in (op["b"], op["p"], op["t"]) if it is not None]
+            rest = []                # (chunk, first item) loaded right after this operation
             while any(not c.loaded for c in needed_chunks):
                 c = chunks[nxt]
                 if not can_load(c, idx):
@@ -533,7 +560,19 @@ class Builder:
                         raise AssertionError("internal: ring placement overlaps a live chunk")
                     emit("sync")
                     syncs += 1
-                m, kw = load_fields(c)
+                # The operation waits for this load: a B or P chunk loads only the items up to
+                # the last one it uses now, and the rest after it (at the start of a program
+                # nothing else hides that wait).
+                first = len(c.items)
+                if c.kind in "BP":
+                    first = next((k for k, it in enumerate(c.items) if it.users[0] > idx),
+                                 len(c.items))
+                if first < len(c.items):
+                    m, kw = load_fields(c)
+                    kw["count"] -= sum(it.size for it in c.items[first:])
+                    rest.append((c, first))
+                else:
+                    m, kw = load_fields(c)
                 emit(m, **kw)
                 c.loaded = True
                 nxt += 1
@@ -549,6 +588,10 @@ class Builder:
             getattr(probe, op["kind"])(**fields, lag=0)
             fields["lag"] = hz.lag(probe.program.instrs[-1])
             emit(op["kind"], **fields)
+            load_inputs(idx)
+            for c, first in rest:
+                m, kw = load_fields(c, first)
+                emit(m, **kw)
             # prefetch: the next chunks, in order, while their ring space is free
             ahead = 0
             while nxt < len(chunks) and ahead < DMA_QUEUE and can_load(chunks[nxt], idx + 1):
@@ -741,16 +784,16 @@ def _cols(a, lo, hi):
 
 
 def weight_matmul(b, name, w, *, rows, a_base, a_stride, dst, out_base, out_stride, sat,
-                  params=None, p_items=None, useful_k=None, **flags):
+                  params=None, p_items=None, b_items=None, useful_k=None, both=False, **flags):
     """``rows`` × K A rows times the K × N weights ``w``, in column groups that fit half the
     weight ring (:meth:`Builder.col_groups`), each one MATMUL with its own B and PBUF items
-    (``params`` = (bias, m, sh) per column; or ``p_items``, one per group, to share them).
-    ``useful_k``: K for the count of useful multiply-accumulates (default K). Returns the P
-    items."""
+    (``params`` = (bias, m, sh) per column; or ``p_items`` / ``b_items``, one per group, to
+    share them). ``useful_k``: K for the count of useful multiply-accumulates (default K).
+    Returns the P items (``both``: the B items and the P items)."""
     w = np.asarray(w)
     K, N = w.shape
     groups = b.col_groups(K, N)
-    items = []
+    items, bitems = [], []
     for g, (c0, c1) in enumerate(groups):
         tag = f"{name}" if len(groups) == 1 else f"{name}.g{g}"
         if p_items is not None:
@@ -762,11 +805,13 @@ def weight_matmul(b, name, w, *, rows, a_base, a_stride, dst, out_base, out_stri
             pi = None
         items.append(pi)
         shift = (c0 // b.L) * out_stride if dst == Dst.BBUF_ROWS else c0
-        b.op("matmul", b=b.b_item(f"{tag}.w", w[:, c0:c1]), p=pi, rows=rows, k=K,
+        bi = b_items[g] if b_items is not None else b.b_item(f"{tag}.w", w[:, c0:c1])
+        bitems.append(bi)
+        b.op("matmul", b=bi, p=pi, rows=rows, k=K,
              tiles=_ceil(c1 - c0, b.L), n=c1 - c0, a_base=a_base, a_stride=a_stride, dst=dst,
              out_base=out_base + shift, out_stride=out_stride, sat=sat,
              macs=rows * (useful_k or K) * (c1 - c0), **flags)
-    return items
+    return (bitems, items) if both else items
 
 
 def lower_attention(b, lay, *, rows, wqkv, m_qkv, sh_qkv, c_e, sh_e, m_a, sh_a, x_base, name):
@@ -1152,6 +1197,17 @@ def input_parts(x9):
     raise InputError(f"input values [{lo}, {hi}] are not int9")
 
 
+#: Fraction of the tokens in the embedding's first row part (:func:`embed_split`).
+EMBED_SPLIT = 1 / 3
+
+
+def embed_split(N, P):
+    """Rows of the embedding's first part: a multiple of P near ``EMBED_SPLIT``·N (N when
+    there are too few rows to split)."""
+    r = round(N * EMBED_SPLIT / P) * P
+    return r if 0 < r < N else N
+
+
 def compile_kwt(model, mfcc9, *, config=None, pes=None, lanes=None, parts=None, last_rows1=True,
                 delta=None):
     """The whole int8 KWT on one clip as a :class:`CompiledJob`; ``job.read(ext)`` gives the
@@ -1192,12 +1248,22 @@ def compile_kwt(model, mfcc9, *, config=None, pes=None, lanes=None, parts=None, 
         if use_delta:
             lay, QX, wring = delta_layout(cfg, lay, th, delta_weight_elems(cfg, model, th))
         b = Builder(cfg, bbuf_ring=lay.bbuf_fixed, wring=wring)
-        b.input_a("input", a, lay.IN, lay.IN_stride)
-        b.input_c("embed.c0", model.embed_c0, lay.XA, lay.Dp)
+        # The embedding runs in two row parts: the first waits only for its own input and
+        # start-value rows; the second's load while the first computes.
+        r1 = embed_split(N, cfg.pes)
+        late = (r1, 0) if r1 < N else None
+        b.input_a("input", a, lay.IN, lay.IN_stride, late=late)
+        b.input_c("embed.c0", model.embed_c0, lay.XA, lay.Dp, late=late)
         b.set_section("embed")
-        weight_matmul(b, "embed", w_in, params=(0, model.embed_m, model.embed_sh), rows=N,
-                      a_base=lay.IN, a_stride=lay.IN_stride, dst=Dst.AMEM, out_base=lay.XA,
-                      out_stride=lay.Dp, sat=Sat.INT9, accum=True, useful_k=n_in)
+        bi = pi = None
+        for r0, r in ((0, r1), (r1, N)):
+            if r > r0:
+                bi, pi = weight_matmul(
+                    b, "embed", w_in, params=(0, model.embed_m, model.embed_sh), rows=r - r0,
+                    a_base=lay.IN + r0 // cfg.pes * lay.IN_stride, a_stride=lay.IN_stride,
+                    dst=Dst.AMEM, out_base=lay.XA + r0 // cfg.pes * lay.Dp, out_stride=lay.Dp,
+                    sat=Sat.INT9, accum=True, useful_k=n_in, b_items=bi, p_items=pi,
+                    both=True)
         for li, layer in enumerate(model.layers):
             b.set_section(f"layer{li}")
             rows = 1 if last_rows1 and li == nl - 1 else N
