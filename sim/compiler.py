@@ -1202,8 +1202,8 @@ EMBED_SPLIT = 1 / 3
 
 
 def embed_split(N, P):
-    """Rows of the embedding's first part: a multiple of P near ``EMBED_SPLIT``·N (N when
-    there are too few rows to split)."""
+    """Rows of the embedding's first part: a multiple of P near ``EMBED_SPLIT``·N; N (one
+    part) when that is 0 or N."""
     r = round(N * EMBED_SPLIT / P) * P
     return r if 0 < r < N else N
 

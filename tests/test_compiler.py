@@ -234,6 +234,45 @@ def test_prefetch_overlaps_compute(kwt1_clip):
     assert counters["STALL_DMA"] < 0.01 * counters["CYCLES"]
 
 
+def test_program_start_waits_only_for_the_first_part(kwt1_clip, monkeypatch):
+    """At the start nothing hides the loads: the first MATMUL (the embedding's first 32 token
+    rows) waits only for those rows' input and C₀, its own weights and parameters; the other
+    rows load right after it, ahead of the prefetch; the split saves cost-model cycles."""
+    import sim.compiler as compiler
+    model, x = kwt1_clip
+    cfg = AccelConfig(pes=8, lanes=16)
+    job = compile_kwt(model, x, config=cfg)
+    instrs = job.program.instrs
+    mm = [pc for pc, i in enumerate(instrs) if i["op"] == Op.MATMUL]
+    first, second = (instrs[pc] for pc in mm[:2])
+    assert compiler.embed_split(99, 8) == 32
+    assert (first["rows"], second["rows"]) == (32, 67)
+    assert second["a_base"] == first["a_base"] + 4 * first["a_stride"]
+    assert second["out_base"] == first["out_base"] + 4 * first["out_stride"]
+    before = {Op(i["op"]).name: i for i in instrs[:mm[0]]}
+    assert sorted(before) == ["LOAD_A", "LOAD_B", "LOAD_C", "LOAD_P"]
+    assert before["LOAD_A"]["rows"] == before["LOAD_C"]["rows"] == 32
+    k, tiles = first["k"], first["tiles"]
+    assert before["LOAD_B"]["count"] == k * tiles and before["LOAD_P"]["count"] == tiles
+    after = [Op(i["op"]).name for i in instrs[mm[0] + 1:mm[0] + 3]]
+    assert after == ["LOAD_A", "LOAD_C"]
+    assert [instrs[mm[0] + 1 + j]["rows"] for j in range(2)] == [67, 67]
+    cycles = run(job)[1]["CYCLES"]
+    monkeypatch.setattr(compiler, "EMBED_SPLIT", 0)      # one embedding MATMUL
+    whole = compile_kwt(model, x, config=cfg)
+    assert sum(1 for i in whole.program.instrs if i["op"] == Op.MATMUL) == len(mm) - 1
+    np.testing.assert_array_equal(run(whole)[0], run(job)[0])
+    assert cycles < run(whole)[1]["CYCLES"] - 1000
+
+
+def test_late_input_rows_are_checked():
+    b = Builder(AccelConfig(pes=4, lanes=4))
+    with pytest.raises(ValueError, match="multiple of P"):
+        b.input_a("x", np.zeros((10, 4), np.int64), 0, 4, late=(6, 0))
+    with pytest.raises(ValueError, match="multiple of P"):
+        b.input_c("c", np.zeros((10, 4), np.int64), 0, 4, late=(0, 0))
+
+
 def test_check_program_finds_hazards(kwt1_clip):
     """Corrupt a compiled program: a lag that skips a needed load, a load moved before the
     last user of its ring space — both reported; the late-load interpreter shows the first."""
