@@ -645,10 +645,19 @@ class PEArray(wiring.Component):
         dw_adata = Signal(9 * L)
         dw_cdata = Signal(8 * L)
         dw_en = Signal(L)
-        # LOAD_C writes while the array is idle: registered, so it selects the PEs' CMEM write
-        # data directly (a MATMUL or row operation accepted now writes CMEM ≥ 5 cycles later).
+        # LOAD_C writes while nothing in the array writes CMEM: no MATMUL with dst CMEM, no
+        # DMATMUL, no row operation (a MATMUL with another dst may run: the embedding's second
+        # row part loads its C0 while the first computes, docs/compiler.md). Registered, so it
+        # selects the PEs' CMEM write data directly (an operation accepted now writes CMEM ≥ 5
+        # cycles later).
+        mm_cw = Signal()             # a MATMUL with dst CMEM, or a DMATMUL, is in the array
+        with m.If(self.cmd.valid & self.cmd.ready &
+                  (is_zero(self.cmd.payload.dst) | self.cmd.payload.delta)):
+            m.d.sync += mm_cw.eq(1)
+        with m.Elif(~active & ~dactive & ~outstanding.any()):
+            m.d.sync += mm_cw.eq(0)
         c_dma = Signal()
-        m.d.sync += c_dma.eq(~busy)
+        m.d.sync += c_dma.eq(~busy | ~(mm_cw | dactive | row_busy))
         wb_amem = o_valid & o_amt
         wb_stall = wb_amem & (drain_amem | rw_amem | dw_amem)
         m.d.comb += [self.amem_w.ready.eq(~drain_amem & ~rw_amem & ~wb_amem & ~dw_amem),

@@ -1297,7 +1297,9 @@ class CostModel:
       ``ext_addr[7:0]``) has landed, the sequencer is free (back-to-back MATMULs: one idle
       cycle), no row operation runs and, behind a MATMUL with dst AMEM/BBUF_*/AMEM_T or REQ,
       the array is idle; it issues ``⌈M/P⌉·tiles·max(K, L)`` beats; the array is busy until
-      ``L + busy_extra`` cycles after the last beat (ARRAY_CYCLES counts those cycles);
+      ``L + busy_extra`` cycles after the last beat (ARRAY_CYCLES counts those cycles); a
+      LOAD_C moves its words only after the MATMULs with dst CMEM, DMATMULs and row operations
+      issued before it have finished;
     * a row operation (SOFTMAX, LAYERNORM, RADD, RECIP) starts when the loads allow (its lag),
       the array is idle and the previous row operation has finished, and takes the row unit's
       documented time (hw/rowunit.py): ``⌈rows/P⌉·max(n·k, DONE + 1)`` plus its pipeline, with
@@ -1415,6 +1417,7 @@ class CostModel:
         t = dma_end + self.issue     # the current instruction is dispatched from cycle t on
         array_free = 0               # the sequencer can accept a MATMUL
         busy_end = 0                 # the array is idle from this cycle on
+        cw_end = 0                   # nothing in the array writes CMEM from this cycle on
         last_beat = -L - 4           # of the previous tile (the drain spacing)
         prev_local = False
         prev_maxc = False            # the previous MATMUL wrote row maxima (MAXC)
@@ -1445,7 +1448,12 @@ class CostModel:
                         w = i["rows"] * i["tiles"] * C_TILE_WORDS
                     else:
                         w = _ceil(i["count"], L // 2)
-                    dma_end = start + self.dma_setup + (self.load_tail + w + lat if w else 0)
+                    first = start + self.dma_setup
+                    if op == Op.LOAD_C and w:
+                        # its words wait while the array writes CMEM (MATMUL dst CMEM,
+                        # DMATMUL, row operation) — those issued before it
+                        first = max(first, cw_end - lat)
+                    dma_end = first + (self.load_tail + w + lat if w else 0)
                     load_ends.append(dma_end)
                     log((instret - 1, f"{Op(op).name} end", dma_end))
                 span((t, dma_end))
@@ -1482,6 +1490,8 @@ class CostModel:
                     end += n_last * ((off + P - 1) // L + 1) + 1
                 array_cycles += max(0, end - max(accept + 1, busy_end))
                 busy_end = max(busy_end, end)
+                if i["dst"] == Dst.CMEM:
+                    cw_end = max(cw_end, end)
                 # the controller's prev_local: a MATMUL behind one that writes AMEM/BBUF or
                 # REQs into CMEM (in D_Y) waits for the array to be idle
                 prev_local = i["dst"] != Dst.CMEM or bool(i["flags"] & Flag.REQ)
@@ -1504,6 +1514,7 @@ class CostModel:
                 log((instret - 1, "DMATMUL done", end))
                 array_cycles += max(0, end - max(accept + 1, busy_end))
                 busy_end = max(busy_end, end)
+                cw_end = max(cw_end, end)
                 prev_local = True
                 span((accept, end))
                 t = accept + self.issue
@@ -1513,6 +1524,7 @@ class CostModel:
                 stall_dma += max(0, need - t)
                 start = max(t, need, busy_end, row_end) + 1
                 row_end = start + self.row_cycles(i, cfg)
+                cw_end = max(cw_end, row_end)
                 log((instret - 1, f"{Op(op).name} done", row_end))
                 span((start, row_end))
                 t = start + self.issue
