@@ -143,6 +143,48 @@ def test_round_robin_share():
     assert all(grants[i] != grants[i + 1] for i in range(len(grants) - 1))
 
 
+def test_block_ram_latency_and_throughput():
+    """A read is answered three cycles after it was taken (the request register, the RAM);
+    with rsp.ready high the memory takes a request every cycle, and a read right after a write
+    of the same word returns the new data."""
+    init = [random.Random(9).getrandbits(8 * L) for _ in range(DEPTH)]
+    mem = BlockRamMemory(lanes=L, depth=DEPTH, init=init)
+    taken, answered = [], []
+
+    async def bench(ctx):
+        cmd, rsp = mem.bus.cmd, mem.bus.rsp
+        ctx.set(rsp.ready, 1)
+        ops = [(1, 5, 0x1234), (0, 5, None)] + [(0, a, None) for a in range(20)]
+        cycle = 0
+        for we, addr, data in ops:
+            ctx.set(cmd.payload, {"addr": addr, "we": we, "data": data or 0, "mask": MASK})
+            ctx.set(cmd.valid, 1)
+            while True:
+                _, _, ready, rv, rd = await ctx.tick().sample(cmd.ready, rsp.valid,
+                                                              rsp.payload.data)
+                cycle += 1
+                if rv:
+                    answered.append((cycle - 1, rd))
+                if ready:
+                    if not we:
+                        taken.append((cycle - 1, addr))
+                    break
+        ctx.set(cmd.valid, 0)
+        for _ in range(8):
+            _, _, rv, rd = await ctx.tick().sample(rsp.valid, rsp.payload.data)
+            cycle += 1
+            if rv:
+                answered.append((cycle - 1, rd))
+
+    _run(mem, [bench], [], max_cycles=200)
+    model = list(init)
+    model[5] = 0x1234
+    assert [d for _, d in answered] == [model[a] for _, a in taken]
+    assert [t for t, _ in answered] == [t + 3 for t, _ in taken]
+    # one request per cycle: the 21 reads were taken in consecutive cycles
+    assert [t for t, _ in taken] == list(range(taken[0][0], taken[0][0] + len(taken)))
+
+
 def test_arguments():
     with pytest.raises(ValueError, match="lanes"):
         MemArbiter(lanes=6)
