@@ -156,8 +156,8 @@ class BlockRamMemory(wiring.Component):
     -----
     bus : In(mem_signature(lanes))
         Requests in (``cmd``), read responses out (``rsp``). A read is answered three cycles
-        after it was taken (the request is registered, then read); one request per cycle while ``rsp`` is taken; a write stores the
-        bytes whose mask bit is 1 and is not answered.
+        after it was taken (the request is registered, then read); one request per cycle while
+        ``rsp`` is taken; a write stores the bytes whose mask bit is 1 and is not answered.
 
     The block RAM (ECP5 DP16KD, iCE40 EBR) is read into a response FIFO of
     :attr:`RSP_DEPTH` words; a request is taken only while the FIFO has room for every read in
@@ -210,15 +210,16 @@ class BlockRamMemory(wiring.Component):
         cmd, rsp = self.bus.cmd, self.bus.rsp
         m.submodules.rsp_fifo = q = fifo.SyncFIFO(width=8 * self._lanes, depth=self.RSP_DEPTH)
         # Credits: a read is taken only if its answer will find room in the FIFO, counting the
-        # ones in the request register and on the RAM output. cmd.ready comes from registers only, so no path runs
-        # from an initiator's rsp.ready through the arbiter to the RAM's enables.
+        # ones in the request register and on the RAM output. cmd.ready comes from registers
+        # only, so no path runs from an initiator's rsp.ready through the arbiter to the RAM's
+        # enables.
         # The request taken is registered before it reaches the RAM: the arbiter's grant and
         # payload multiplexers then end in flip-flops, not at the block RAM's pins (the ULX3S
         # P = 1 critical path, docs/board.md). It costs one cycle of read latency.
         req = Signal.like(cmd.payload)
         req_go = Signal()                 # req holds a request taken last cycle
         req_rd = Signal()                 # … and it is a read
-        pend = Signal()                   # a read issued to the RAM last cycle: its data is on the RAM output
+        pend = Signal()                   # a read issued to the RAM last cycle: its data is out
         credit = Signal()
         m.d.comb += credit.eq(q.level + pend + req_rd < self.RSP_DEPTH)
         take = cmd.valid & credit

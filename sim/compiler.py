@@ -357,9 +357,9 @@ class Builder:
         P = self.cfg.pes
         if not (r == rows or 0 < r < rows and r % P == 0):
             raise ValueError(f"{name}: late rows start at {r}, not a multiple of P in 1…{rows}")
-        per_row = len(words) // rows
         self.inputs.append((kind, name, words, dict(kw, rows=r), 0, None))
         if r < rows:
+            per_row = len(words) // rows
             self.inputs.append((kind, name, None, dict(kw, rows=rows - r,
                                                        **{base: kw[base] + r // P * stride}),
                                 r * per_row, op))
@@ -544,6 +544,10 @@ class Builder:
                 emit("load_a" if kind == "A" else "load_c",
                      ext_addr=img.regions[name].addr + off, **kw)
 
+        late_ops = [op for *_, op in self.inputs if op is not None]
+        if late_ops and max(late_ops) >= len(self.ops):
+            raise ValueError(f"late input rows after operation {max(late_ops)}, but there are "
+                             f"{len(self.ops)} operations")
         mark(self.ops[0]["section"] if self.ops else self.section)
         load_inputs(None)
         nxt = 0

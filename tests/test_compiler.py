@@ -271,6 +271,9 @@ def test_late_input_rows_are_checked():
         b.input_a("x", np.zeros((10, 4), np.int64), 0, 4, late=(6, 0))
     with pytest.raises(ValueError, match="multiple of P"):
         b.input_c("c", np.zeros((10, 4), np.int64), 0, 4, late=(0, 0))
+    b.input_a("x", np.zeros((10, 4), np.int64), 0, 4, late=(8, 3))    # no operation 3
+    with pytest.raises(ValueError, match="after operation 3"):
+        b.build(shape=(1, 1))
 
 
 def test_check_program_finds_hazards(kwt1_clip):
