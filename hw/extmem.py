@@ -218,12 +218,12 @@ class BlockRamMemory(wiring.Component):
         # P = 1 critical path, docs/board.md). It costs one cycle of read latency.
         req = Signal.like(cmd.payload)
         req_go = Signal()                 # req holds a request taken last cycle
-        req_rd = Signal()                 # … and it is a read
+        req_rd = req_go & ~req.we         # … and it is a read
         pend = Signal()                   # a read issued to the RAM last cycle: its data is out
         credit = Signal()
         m.d.comb += credit.eq(q.level + pend + req_rd < self.RSP_DEPTH)
         take = cmd.valid & credit
-        m.d.sync += [req_go.eq(take), req_rd.eq(take & ~cmd.payload.we), pend.eq(req_rd)]
+        m.d.sync += [req_go.eq(take), pend.eq(req_rd)]
         with m.If(take):
             m.d.sync += req.eq(cmd.payload)
         m.d.comb += [

@@ -506,14 +506,17 @@ class Builder:
             getattr(asm, method)(**kw)
             hz.emit(asm.program.instrs[-1])
 
-        def load_fields(c, first=0):
-            """The load of ``c``'s items from ``first`` on (B and P chunks load in parts)."""
-            off = sum(it.size for it in c.items[:first])
-            ext = c.ext + sum(len(it.words) for it in c.items[:first])
+        def load_fields(c, lo=0, hi=None):
+            """The load of ``c``'s items ``lo…hi−1`` (B and P chunks load in parts; W and T
+            chunks whole)."""
+            part = c.items[lo:hi]
+            off = sum(it.size for it in c.items[:lo])
+            ext = c.ext + sum(len(it.words) for it in c.items[:lo])
+            count = sum(it.size for it in part)
             if c.kind == "B":
-                return "load_b", dict(ext_addr=ext, count=c.size - off, b_base=c.base + off)
+                return "load_b", dict(ext_addr=ext, count=count, b_base=c.base + off)
             if c.kind == "P":
-                return "load_p", dict(ext_addr=ext, count=c.size - off, p_base=c.base + off)
+                return "load_p", dict(ext_addr=ext, count=count, p_base=c.base + off)
             if c.kind == "W":
                 return "load_a", dict(ext_addr=c.ext, rows=c.size // L * cfg.pes, k=L,
                                       a_base=c.base, a_stride=L)
@@ -536,13 +539,13 @@ class Builder:
             for kind, name, _, kw, off, op in self.inputs:
                 if op != at:
                     continue
-                i = Assembler(cfg, check=False)
-                getattr(i, "load_a" if kind == "A" else "load_c")(ext_addr=0, **kw)
-                if not all(hz.free(a[:3]) for a in accesses(i.program.instrs[-1], cfg)):
+                method = "load_a" if kind == "A" else "load_c"
+                probe = Assembler(cfg, check=False)
+                getattr(probe, method)(ext_addr=0, **kw)
+                if not all(hz.free(a[:3]) for a in accesses(probe.program.instrs[-1], cfg)):
                     raise AssertionError(f"internal: the late rows of {name} overwrite "
                                          f"data still in use")
-                emit("load_a" if kind == "A" else "load_c",
-                     ext_addr=img.regions[name].addr + off, **kw)
+                emit(method, ext_addr=img.regions[name].addr + off, **kw)
 
         late_ops = [op for *_, op in self.inputs if op is not None]
         if late_ops and max(late_ops) >= len(self.ops):
@@ -572,11 +575,8 @@ class Builder:
                     first = next((k for k, it in enumerate(c.items) if it.users[0] > idx),
                                  len(c.items))
                 if first < len(c.items):
-                    m, kw = load_fields(c)
-                    kw["count"] -= sum(it.size for it in c.items[first:])
                     rest.append((c, first))
-                else:
-                    m, kw = load_fields(c)
+                m, kw = load_fields(c, 0, first)
                 emit(m, **kw)
                 c.loaded = True
                 nxt += 1
@@ -788,12 +788,12 @@ def _cols(a, lo, hi):
 
 
 def weight_matmul(b, name, w, *, rows, a_base, a_stride, dst, out_base, out_stride, sat,
-                  params=None, p_items=None, b_items=None, useful_k=None, both=False, **flags):
+                  params=None, p_items=None, b_items=None, useful_k=None, **flags):
     """``rows`` × K A rows times the K × N weights ``w``, in column groups that fit half the
     weight ring (:meth:`Builder.col_groups`), each one MATMUL with its own B and PBUF items
     (``params`` = (bias, m, sh) per column; or ``p_items`` / ``b_items``, one per group, to
     share them). ``useful_k``: K for the count of useful multiply-accumulates (default K).
-    Returns the P items (``both``: the B items and the P items)."""
+    Returns ``(B items, P items)``."""
     w = np.asarray(w)
     K, N = w.shape
     groups = b.col_groups(K, N)
@@ -815,7 +815,7 @@ def weight_matmul(b, name, w, *, rows, a_base, a_stride, dst, out_base, out_stri
              tiles=_ceil(c1 - c0, b.L), n=c1 - c0, a_base=a_base, a_stride=a_stride, dst=dst,
              out_base=out_base + shift, out_stride=out_stride, sat=sat,
              macs=rows * (useful_k or K) * (c1 - c0), **flags)
-    return (bitems, items) if both else items
+    return bitems, items
 
 
 def lower_attention(b, lay, *, rows, wqkv, m_qkv, sh_qkv, c_e, sh_e, m_a, sh_a, x_base, name):
@@ -987,7 +987,7 @@ def lower_ffn(b, lay, *, rows, x_base, w1, b1, m_1, sh_1, gelu, w2, b2, m_2, sh_
                       params=(_cols(b1, f0, f1), _cols(m_1, f0, f1), _cols(sh_1, f0, f1)),
                       rows=rows, a_base=x_base, a_stride=Dp, dst=Dst.AMEM, out_base=lay.GA,
                       out_stride=lay.Fcp, sat=Sat.INT8, bias=True, act=True, t=table)
-        p2 = weight_matmul(b, f"{name}.w2c{c}", w2[:, f0:f1].T, params=(b2, m_2, sh_2),
+        _, p2 = weight_matmul(b, f"{name}.w2c{c}", w2[:, f0:f1].T, params=(b2, m_2, sh_2),
                            p_items=p2, rows=rows, a_base=lay.GA, a_stride=lay.Fcp, dst=Dst.CMEM,
                            out_base=lay.HC, out_stride=Dp, sat=Sat.INT16, bias=c == 0,
                            accum=c > 0, req=c == n - 1)
@@ -1266,8 +1266,7 @@ def compile_kwt(model, mfcc9, *, config=None, pes=None, lanes=None, parts=None, 
                     b, "embed", w_in, params=(0, model.embed_m, model.embed_sh), rows=r - r0,
                     a_base=lay.IN + r0 // cfg.pes * lay.IN_stride, a_stride=lay.IN_stride,
                     dst=Dst.AMEM, out_base=lay.XA + r0 // cfg.pes * lay.Dp, out_stride=lay.Dp,
-                    sat=Sat.INT9, accum=True, useful_k=n_in, b_items=bi, p_items=pi,
-                    both=True)
+                    sat=Sat.INT9, accum=True, useful_k=n_in, b_items=bi, p_items=pi)
         for li, layer in enumerate(model.layers):
             b.set_section(f"layer{li}")
             rows = 1 if last_rows1 and li == nl - 1 else N

@@ -1451,7 +1451,8 @@ class CostModel:
                     first = start + self.dma_setup
                     if op == Op.LOAD_C and w:
                         # its words wait while the array writes CMEM (MATMUL dst CMEM,
-                        # DMATMUL, row operation) — those issued before it
+                        # DMATMUL, row operation) — those issued before it; the reads go
+                        # out mem_latency earlier
                         first = max(first, cw_end - lat)
                     dma_end = first + (self.load_tail + w + lat if w else 0)
                     load_ends.append(dma_end)
